@@ -1,0 +1,1 @@
+"""rlhf_jax: InstructGPT-style RLHF in JAX/Flax."""

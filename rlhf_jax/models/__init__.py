@@ -1,0 +1,19 @@
+"""Model code: configuration, decoder, heads, KV cache and transformers conversion."""
+
+from rlhf_jax.models.config import RopeScaling, TransformerConfig
+from rlhf_jax.models.heads import CausalLM, LMOutput, ScalarModel, ScalarOutput
+from rlhf_jax.models.kv_cache import KVCache, init_cache
+from rlhf_jax.models.transformer import Decoder, positions_from_mask
+
+__all__ = [
+    "CausalLM",
+    "Decoder",
+    "KVCache",
+    "LMOutput",
+    "RopeScaling",
+    "ScalarModel",
+    "ScalarOutput",
+    "TransformerConfig",
+    "init_cache",
+    "positions_from_mask",
+]

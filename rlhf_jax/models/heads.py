@@ -1,0 +1,109 @@
+"""Models built on the decoder: a causal LM (policy, reference, SFT) and a scalar model (RM, value).
+
+Both keep the decoder under the same parameter name, `decoder`, so a reward or value model is
+initialised from an SFT checkpoint by copying `params["decoder"]` (the LM head is dropped).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import TransformerConfig
+from rlhf_jax.models.kv_cache import KVCache
+from rlhf_jax.models.transformer import Decoder
+
+
+@flax.struct.dataclass
+class LMOutput:
+    """logits_btv: float32 [B, T, V] next-token logits; hidden_btd: [B, T, E]; cache or None."""
+
+    logits_btv: jax.Array
+    hidden_btd: jax.Array
+    cache: KVCache | None
+
+
+@flax.struct.dataclass
+class ScalarOutput:
+    """scores_bt: float32 [B, T], the head's scalar at every position; hidden_btd; cache or None."""
+
+    scores_bt: jax.Array
+    hidden_btd: jax.Array
+    cache: KVCache | None
+
+
+class CausalLM(nn.Module):
+    """Decoder plus LM head (tied to the token embedding, or its own `lm_head`)."""
+
+    config: TransformerConfig
+
+    def setup(self):
+        cfg = self.config
+        self.decoder = Decoder(cfg)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Dense(
+                cfg.vocab_size,
+                use_bias=False,
+                dtype=cfg.jnp_dtype,
+                param_dtype=cfg.jnp_param_dtype,
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.normal(cfg.init_std), ("embed", "vocab")
+                ),
+            )
+
+    def __call__(
+        self,
+        tokens_bt: jax.Array,
+        attention_mask_bt: jax.Array | None = None,
+        positions_bt: jax.Array | None = None,
+        cache: KVCache | None = None,
+        deterministic: bool = True,
+    ) -> LMOutput:
+        """See `Decoder.__call__` for the arguments; logits are upcast to float32."""
+        out = self.decoder(tokens_bt, attention_mask_bt, positions_bt, cache, deterministic)
+        if self.config.tie_embeddings:
+            logits_btv = self.decoder.attend(out.hidden_btd)
+        else:
+            logits_btv = self.lm_head(out.hidden_btd)
+        return LMOutput(
+            logits_btv=logits_btv.astype(jnp.float32), hidden_btd=out.hidden_btd, cache=out.cache
+        )
+
+
+class ScalarModel(nn.Module):
+    """Decoder plus a linear scalar head: reward model and value function.
+
+    The head reads every position; which position a score is taken from (the last real response
+    token for a reward) is the caller's choice.
+    """
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens_bt: jax.Array,
+        attention_mask_bt: jax.Array | None = None,
+        positions_bt: jax.Array | None = None,
+        cache: KVCache | None = None,
+        deterministic: bool = True,
+    ) -> ScalarOutput:
+        cfg = self.config
+        out = Decoder(cfg, name="decoder")(
+            tokens_bt, attention_mask_bt, positions_bt, cache, deterministic
+        )
+        scores_bt1 = nn.Dense(
+            1,
+            dtype=jnp.float32,
+            param_dtype=cfg.jnp_param_dtype,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.normal(1.0 / (cfg.embed_dim + 1) ** 0.5), ("embed", None)
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)),
+            name="head",
+        )(out.hidden_btd.astype(jnp.float32))
+        return ScalarOutput(
+            scores_bt=scores_bt1[..., 0], hidden_btd=out.hidden_btd, cache=out.cache
+        )

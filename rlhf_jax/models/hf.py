@@ -1,0 +1,561 @@
+"""transformers checkpoints <-> rlhf_jax params, both directions, without torch.
+
+Reads a directory with `config.json` plus `model.safetensors` (or a sharded
+`model.safetensors.index.json`), or a hub id for users with internet; writes a directory that
+`transformers.AutoModelForCausalLM.from_pretrained` loads. Weights are only ever read from
+safetensors (no pickle), and `trust_remote_code` is never enabled.
+
+Supported model types: gpt2, llama (also SmolLM and other Llama-architecture checkpoints), mistral,
+qwen2. Each is described once, as a table of `Entry`s that is read in both directions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy for safetensors)
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from rlhf_jax.models.config import RopeScaling, TransformerConfig
+
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+_GPT2_ACTIVATIONS = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+}
+_LLAMA_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh"}
+
+Params = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs
+# ----------------------------------------------------------------------------------------------
+
+
+def _rope_from_hf(hf) -> tuple[float, RopeScaling | None]:
+    rope = getattr(hf, "rope_parameters", None) or {}
+    theta = float(rope.get("rope_theta", getattr(hf, "rope_theta", 10_000.0)))
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    if kind == "linear":
+        return theta, RopeScaling("linear", float(rope["factor"]))
+    if kind == "llama3":
+        return theta, RopeScaling(
+            "llama3",
+            float(rope["factor"]),
+            float(rope["low_freq_factor"]),
+            float(rope["high_freq_factor"]),
+            int(rope["original_max_position_embeddings"]),
+        )
+    raise ValueError(f"RoPE type {kind!r} is not supported; supported: default, linear, llama3.")
+
+
+def config_from_hf(hf_config, **overrides) -> TransformerConfig:
+    """A TransformerConfig from a transformers config object (or a dict from config.json).
+
+    Args:
+      hf_config: `transformers.PretrainedConfig` or the parsed `config.json` dict.
+      **overrides: TransformerConfig fields to set (e.g. dtype="bfloat16", dropout_rate=0.1).
+    """
+    if isinstance(hf_config, Mapping):
+        import transformers
+
+        hf_config = transformers.AutoConfig.for_model(**dict(hf_config))
+    model_type = hf_config.model_type
+    if model_type == "gpt2":
+        if hf_config.activation_function not in _GPT2_ACTIVATIONS:
+            raise ValueError(f"gpt2 activation {hf_config.activation_function!r} is not supported.")
+        if hf_config.scale_attn_by_inverse_layer_idx or hf_config.reorder_and_upcast_attn:
+            raise ValueError(
+                "gpt2 configs with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported."
+            )
+        fields = dict(
+            vocab_size=hf_config.vocab_size,
+            num_layers=hf_config.n_layer,
+            num_heads=hf_config.n_head,
+            embed_dim=hf_config.n_embd,
+            mlp_dim=hf_config.n_inner or 4 * hf_config.n_embd,
+            max_len=hf_config.n_positions,
+            norm_eps=hf_config.layer_norm_epsilon,
+            activation=_GPT2_ACTIVATIONS[hf_config.activation_function],
+            init_std=hf_config.initializer_range,
+        )
+        fields.update(overrides)
+        return TransformerConfig.gpt2(**fields)
+    if model_type in ("llama", "mistral", "qwen2"):
+        if hf_config.hidden_act not in _LLAMA_ACTIVATIONS:
+            raise ValueError(f"{model_type} activation {hf_config.hidden_act!r} is not supported.")
+        theta, scaling = _rope_from_hf(hf_config)
+        fields = dict(
+            family=model_type,
+            vocab_size=hf_config.vocab_size,
+            num_layers=hf_config.num_hidden_layers,
+            num_heads=hf_config.num_attention_heads,
+            num_kv_heads=hf_config.num_key_value_heads or hf_config.num_attention_heads,
+            head_dim=getattr(hf_config, "head_dim", None),
+            embed_dim=hf_config.hidden_size,
+            mlp_dim=hf_config.intermediate_size,
+            max_len=hf_config.max_position_embeddings,
+            norm_eps=hf_config.rms_norm_eps,
+            activation=_LLAMA_ACTIVATIONS[hf_config.hidden_act],
+            rope_theta=theta,
+            rope_scaling=scaling,
+            tie_embeddings=bool(hf_config.tie_word_embeddings),
+            init_std=hf_config.initializer_range,
+        )
+        if model_type == "llama":
+            fields.update(
+                qkv_bias=hf_config.attention_bias,
+                out_bias=hf_config.attention_bias,
+                mlp_bias=hf_config.mlp_bias,
+            )
+        elif model_type == "qwen2":
+            fields.update(qkv_bias=True, out_bias=False, mlp_bias=False)
+            if hf_config.use_sliding_window:
+                raise ValueError("qwen2 with use_sliding_window=True is not supported.")
+        else:  # mistral
+            fields.update(sliding_window=hf_config.sliding_window)
+        fields.update(overrides)
+        return TransformerConfig.llama(**fields)
+    raise ValueError(
+        f"Unknown model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
+    )
+
+
+def config_to_hf(config: TransformerConfig, **extra):
+    """The transformers config for `config`, e.g. to save beside exported weights.
+
+    Args:
+      config: the rlhf_jax config; its `family` picks the transformers model_type.
+      **extra: further transformers config fields (bos_token_id, eos_token_id, pad_token_id, ...).
+    """
+    import transformers
+
+    fam = config.family
+    if fam == "gpt2":
+        problems = [
+            name
+            for name, ok in [
+                ("norm=layernorm", config.norm == "layernorm"),
+                ("positions=learned", config.positions == "learned"),
+                ("gated_mlp=False", not config.gated_mlp),
+                ("all biases", config.qkv_bias and config.out_bias and config.mlp_bias),
+                ("tie_embeddings=True", config.tie_embeddings),
+                ("num_kv_heads=num_heads", config.num_kv_heads == config.num_heads),
+                (
+                    "head_dim*num_heads=embed_dim",
+                    config.head_dim * config.num_heads == config.embed_dim,
+                ),
+            ]
+            if not ok
+        ]
+        if problems:
+            raise ValueError(f"Cannot export as gpt2: the config needs {', '.join(problems)}.")
+        inverse = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+        fields = dict(
+            vocab_size=config.vocab_size,
+            n_positions=config.max_len,
+            n_embd=config.embed_dim,
+            n_layer=config.num_layers,
+            n_head=config.num_heads,
+            n_inner=config.mlp_dim,
+            activation_function=inverse[config.activation],
+            layer_norm_epsilon=config.norm_eps,
+            resid_pdrop=config.dropout_rate,
+            embd_pdrop=config.dropout_rate,
+            attn_pdrop=0.0,
+            initializer_range=config.init_std,
+            tie_word_embeddings=True,
+            architectures=["GPT2LMHeadModel"],
+        )
+    elif fam in ("llama", "mistral", "qwen2"):
+        if config.norm != "rmsnorm" or config.positions != "rope" or not config.gated_mlp:
+            raise ValueError(f"Cannot export as {fam}: needs rmsnorm, rope and a gated MLP.")
+        inverse = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+        rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta}
+        if config.rope_scaling is not None:
+            s = config.rope_scaling
+            rope.update(rope_type=s.kind, factor=s.factor)
+            if s.kind == "llama3":
+                rope.update(
+                    low_freq_factor=s.low_freq_factor,
+                    high_freq_factor=s.high_freq_factor,
+                    original_max_position_embeddings=s.original_max_position_embeddings,
+                )
+        fields = dict(
+            vocab_size=config.vocab_size,
+            hidden_size=config.embed_dim,
+            intermediate_size=config.mlp_dim,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            num_key_value_heads=config.num_kv_heads,
+            head_dim=config.head_dim,
+            max_position_embeddings=config.max_len,
+            rms_norm_eps=config.norm_eps,
+            hidden_act=inverse[config.activation],
+            tie_word_embeddings=config.tie_embeddings,
+            initializer_range=config.init_std,
+            rope_parameters=rope,
+            architectures=[
+                {
+                    "llama": "LlamaForCausalLM",
+                    "mistral": "MistralForCausalLM",
+                    "qwen2": "Qwen2ForCausalLM",
+                }[fam]
+            ],
+        )
+        if fam == "llama":
+            if config.qkv_bias != config.out_bias:
+                raise ValueError(
+                    "Cannot export as llama: q/k/v and output biases must match (use family='qwen2')."
+                )
+            fields.update(attention_bias=config.qkv_bias, mlp_bias=config.mlp_bias)
+        elif fam == "qwen2":
+            if not config.qkv_bias or config.out_bias or config.mlp_bias:
+                raise ValueError("Cannot export as qwen2: needs q/k/v biases only.")
+        else:
+            if config.qkv_bias or config.out_bias or config.mlp_bias:
+                raise ValueError("Cannot export as mistral: it has no biases.")
+            fields.update(sliding_window=config.sliding_window)
+    else:
+        raise ValueError(f"Unknown family {fam!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}.")
+    fields.update(extra)
+    return transformers.AutoConfig.for_model(fam, **fields)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight tables: one description per family, read in both directions.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One transformers tensor and the rlhf_jax leaves it becomes.
+
+    to_ours maps the transformers array to a tuple of our arrays (one per path); to_hf inverts it.
+    """
+
+    hf_name: str
+    paths: tuple[tuple[str, ...], ...]
+    to_ours: Callable[[np.ndarray], tuple[np.ndarray, ...]]
+    to_hf: Callable[..., np.ndarray]
+
+
+def _same(name: str, path: tuple[str, ...]) -> Entry:
+    return Entry(name, (path,), lambda a: (a,), lambda a: a)
+
+
+def _gpt2_entries(cfg: TransformerConfig) -> Iterator[Entry]:
+    e, h, d = cfg.embed_dim, cfg.num_heads, cfg.head_dim
+    dec = ("decoder",)
+    yield _same("wte.weight", dec + ("embed", "embedding"))
+    yield _same("wpe.weight", dec + ("pos_embed", "embedding"))
+    yield _same("ln_f.weight", dec + ("final_norm", "scale"))
+    yield _same("ln_f.bias", dec + ("final_norm", "bias"))
+    for i in range(cfg.num_layers):
+        hf, ours = f"h.{i}.", dec + (f"layer_{i}",)
+        for hf_ln, our_ln in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
+            yield _same(f"{hf}{hf_ln}.weight", ours + (our_ln, "scale"))
+            yield _same(f"{hf}{hf_ln}.bias", ours + (our_ln, "bias"))
+        qkv = tuple(ours + ("attn", n) for n in ("query", "key", "value"))
+        # Conv1D stores [in, out]; c_attn's out axis is q | k | v, each heads x head_dim.
+        yield Entry(
+            f"{hf}attn.c_attn.weight",
+            tuple(p + ("kernel",) for p in qkv),
+            lambda a: tuple(x.reshape(e, h, d) for x in np.split(a, 3, axis=1)),
+            lambda *xs: np.concatenate([x.reshape(e, h * d) for x in xs], axis=1),
+        )
+        yield Entry(
+            f"{hf}attn.c_attn.bias",
+            tuple(p + ("bias",) for p in qkv),
+            lambda a: tuple(x.reshape(h, d) for x in np.split(a, 3)),
+            lambda *xs: np.concatenate([x.reshape(h * d) for x in xs]),
+        )
+        yield Entry(
+            f"{hf}attn.c_proj.weight",
+            (ours + ("attn", "out", "kernel"),),
+            lambda a: (a.reshape(h, d, e),),
+            lambda a: a.reshape(h * d, e),
+        )
+        yield _same(f"{hf}attn.c_proj.bias", ours + ("attn", "out", "bias"))
+        yield _same(f"{hf}mlp.c_fc.weight", ours + ("mlp", "up", "kernel"))
+        yield _same(f"{hf}mlp.c_fc.bias", ours + ("mlp", "up", "bias"))
+        yield _same(f"{hf}mlp.c_proj.weight", ours + ("mlp", "down", "kernel"))
+        yield _same(f"{hf}mlp.c_proj.bias", ours + ("mlp", "down", "bias"))
+
+
+def _linear(
+    name: str, path: tuple[str, ...], in_dims: tuple[int, ...], out_dims: tuple[int, ...]
+) -> Entry:
+    """torch Linear weight [prod(out), prod(in)] <-> our kernel [*in_dims, *out_dims]."""
+    n_in, n_out = int(np.prod(in_dims)), int(np.prod(out_dims))
+    return Entry(
+        name,
+        (path,),
+        lambda a: (a.T.reshape(*in_dims, *out_dims),),
+        lambda a: a.reshape(n_in, n_out).T,
+    )
+
+
+def _bias(name: str, path: tuple[str, ...], dims: tuple[int, ...]) -> Entry:
+    return Entry(name, (path,), lambda a: (a.reshape(dims),), lambda a: a.reshape(-1))
+
+
+def _llama_entries(cfg: TransformerConfig) -> Iterator[Entry]:
+    e, h, k, d, f = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
+    dec = ("decoder",)
+    yield _same("model.embed_tokens.weight", dec + ("embed", "embedding"))
+    yield _same("model.norm.weight", dec + ("final_norm", "scale"))
+    if not cfg.tie_embeddings:
+        yield _linear("lm_head.weight", ("lm_head", "kernel"), (e,), (cfg.vocab_size,))
+    for i in range(cfg.num_layers):
+        hf, ours = f"model.layers.{i}.", dec + (f"layer_{i}",)
+        attn = ours + ("attn",)
+        yield _same(f"{hf}input_layernorm.weight", ours + ("attn_norm", "scale"))
+        yield _same(f"{hf}post_attention_layernorm.weight", ours + ("mlp_norm", "scale"))
+        for proj, ours_name, heads in (
+            ("q_proj", "query", h),
+            ("k_proj", "key", k),
+            ("v_proj", "value", k),
+        ):
+            yield _linear(
+                f"{hf}self_attn.{proj}.weight", attn + (ours_name, "kernel"), (e,), (heads, d)
+            )
+            if cfg.qkv_bias:
+                yield _bias(f"{hf}self_attn.{proj}.bias", attn + (ours_name, "bias"), (heads, d))
+        yield _linear(f"{hf}self_attn.o_proj.weight", attn + ("out", "kernel"), (h, d), (e,))
+        if cfg.out_bias:
+            yield _same(f"{hf}self_attn.o_proj.bias", attn + ("out", "bias"))
+        for proj, ours_name, dims in (
+            ("gate_proj", "gate", ((e,), (f,))),
+            ("up_proj", "up", ((e,), (f,))),
+            ("down_proj", "down", ((f,), (e,))),
+        ):
+            yield _linear(f"{hf}mlp.{proj}.weight", ours + ("mlp", ours_name, "kernel"), *dims)
+            if cfg.mlp_bias:
+                yield _same(f"{hf}mlp.{proj}.bias", ours + ("mlp", ours_name, "bias"))
+
+
+def weight_entries(config: TransformerConfig) -> list[Entry]:
+    """The full conversion table for `config`'s family."""
+    if config.family == "gpt2":
+        return list(_gpt2_entries(config))
+    if config.family in ("llama", "mistral", "qwen2"):
+        return list(_llama_entries(config))
+    raise ValueError(
+        f"Unknown family {config.family!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
+    )
+
+
+# The prefixes transformers puts before the base model's names; checkpoints saved from the base
+# model class (GPT2Model, LlamaModel) lack them.
+_BASE_PREFIX = {"gpt2": "transformer.", "llama": "model.", "mistral": "model.", "qwen2": "model."}
+
+
+def _normalise_names(
+    tensors: Mapping[str, np.ndarray], config: TransformerConfig
+) -> dict[str, np.ndarray]:
+    if config.family == "gpt2":
+        prefix = _BASE_PREFIX["gpt2"]
+        return {k.removeprefix(prefix): v for k, v in tensors.items()}
+    if not any(k.startswith("model.") for k in tensors):
+        return {
+            ("model." + k if not k.startswith("lm_head.") else k): v for k, v in tensors.items()
+        }
+    return dict(tensors)
+
+
+def params_from_hf(tensors: Mapping[str, np.ndarray], config: TransformerConfig) -> Params:
+    """transformers tensors (name -> array) to a CausalLM params tree in `config.param_dtype`.
+
+    Raises:
+      ValueError naming every missing tensor or shape mismatch.
+    """
+    tensors = _normalise_names(tensors, config)
+    params: Params = {}
+    missing, bad_shapes = [], []
+    dtype = config.jnp_param_dtype
+    for entry in weight_entries(config):
+        if entry.hf_name not in tensors:
+            missing.append(entry.hf_name)
+            continue
+        try:
+            arrays = entry.to_ours(np.asarray(tensors[entry.hf_name]))
+        except ValueError as err:
+            bad_shapes.append(f"{entry.hf_name} {tensors[entry.hf_name].shape}: {err}")
+            continue
+        for path, array in zip(entry.paths, arrays):
+            node = params
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = np.ascontiguousarray(array).astype(dtype)
+    if missing or bad_shapes:
+        raise ValueError(
+            "Checkpoint does not match the config: "
+            + "; ".join(
+                (
+                    [f"missing {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else "")]
+                    if missing
+                    else []
+                )
+                + bad_shapes[:8]
+            )
+        )
+    return {"params": params}
+
+
+def params_to_hf(
+    params: Params, config: TransformerConfig, dtype: str | None = None
+) -> dict[str, np.ndarray]:
+    """A CausalLM params tree to transformers tensor names (host numpy arrays).
+
+    Args:
+      params: `{"params": {...}}` as returned by `CausalLM.init` (unboxed) or `params_from_hf`.
+      config: the model's config.
+      dtype: storage dtype of the written tensors; default the params' own.
+    """
+    tree = params.get("params", params)
+    out = {}
+    for entry in weight_entries(config):
+        leaves = []
+        for path in entry.paths:
+            node = tree
+            for key in path:
+                node = node[key]
+            leaves.append(np.asarray(jax.device_get(node)))
+        array = entry.to_hf(*leaves)
+        out[entry.hf_name] = np.ascontiguousarray(array.astype(dtype) if dtype else array)
+    if config.family == "gpt2":
+        out = {_BASE_PREFIX["gpt2"] + k: v for k, v in out.items()}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local directory, or a hub id downloaded (config, safetensors, tokenizer files only)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).startswith((".", "/", "~")):
+        raise FileNotFoundError(
+            f"Checkpoint directory {str(path)!r} does not exist or is not a directory."
+        )
+    import huggingface_hub
+
+    return Path(
+        huggingface_hub.snapshot_download(
+            str(name_or_path),
+            revision=revision,
+            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
+        )
+    )
+
+
+def read_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of `model.safetensors` or of the shards listed in `model.safetensors.index.json`."""
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    single = directory / "model.safetensors"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif single.exists():
+        files = [single.name]
+    else:
+        found = ", ".join(sorted(p.name for p in directory.iterdir())) or "nothing"
+        raise FileNotFoundError(
+            f"No model.safetensors or model.safetensors.index.json in {directory} (found: {found}). "
+            "Only safetensors weights are loaded; convert .bin checkpoints with transformers first."
+        )
+    tensors: dict[str, np.ndarray] = {}
+    for name in files:
+        try:
+            with safetensors.safe_open(directory / name, framework="numpy") as f:
+                for key in f.keys():
+                    tensors[key] = f.get_tensor(key)
+        except (safetensors.SafetensorError, OSError) as err:
+            raise ValueError(f"Could not read {directory / name}: {err}") from err
+    return tensors
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike, *, revision: str | None = None, **config_overrides
+) -> tuple[TransformerConfig, Params]:
+    """Loads a transformers causal LM checkpoint as (config, params) with numpy leaves.
+
+    Args:
+      name_or_path: local directory or hub id.
+      revision: hub revision (ignored for local directories).
+      **config_overrides: TransformerConfig fields, e.g. param_dtype="bfloat16", dtype="bfloat16".
+    """
+    import transformers
+
+    directory = resolve_checkpoint_dir(name_or_path, revision)
+    hf_config = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    config = config_from_hf(hf_config, **config_overrides)
+    return config, params_from_hf(read_safetensors(directory), config)
+
+
+def save_pretrained(
+    directory: str | os.PathLike,
+    config: TransformerConfig,
+    params: Params,
+    *,
+    dtype: str | None = None,
+    max_shard_size: str | int = "5GB",
+    tokenizer=None,
+    **hf_config_fields,
+) -> Path:
+    """Writes config.json + safetensors (sharded past `max_shard_size`) for transformers.
+
+    Args:
+      directory: output directory (created).
+      config, params: the model.
+      dtype: storage dtype ("float32", "bfloat16"); default the params' own.
+      max_shard_size: largest safetensors file, as "5GB" or bytes.
+      tokenizer: optional tokenizer with `save_pretrained` written beside the weights.
+      **hf_config_fields: e.g. eos_token_id, bos_token_id, pad_token_id.
+    """
+    import huggingface_hub
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    hf_config = config_to_hf(config, **hf_config_fields)
+    if dtype:
+        hf_config.dtype = dtype
+    hf_config.save_pretrained(directory)
+    tensors = params_to_hf(params, config, dtype)
+    split = huggingface_hub.split_state_dict_into_shards_factory(
+        tensors,
+        get_storage_size=lambda a: a.nbytes,
+        filename_pattern="model{suffix}.safetensors",
+        max_shard_size=max_shard_size,
+    )
+    for filename, names in split.filename_to_tensors.items():
+        safetensors.numpy.save_file(
+            {n: tensors[n] for n in names}, str(directory / filename), metadata={"format": "pt"}
+        )
+    if split.is_sharded:
+        index = {
+            "metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
+            "weight_map": split.tensor_to_filename,
+        }
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,45 @@
+"""The key/value cache used for incremental decoding, as an explicit pytree.
+
+All sequences of a batch write at the same array index (prompts are left-padded to one length), so
+one scalar `index` describes the whole cache; which slots hold real tokens is `mask_bs`.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import TransformerConfig
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Per-layer keys and values plus the slot-validity mask.
+
+    keys, values: tuples of one [B, S, K, D] array per layer (S = cache length in tokens,
+      K = key/value heads, D = head dim).
+    mask_bs: bool [B, S], True where the slot holds a real (non-pad) token.
+    index: int32 scalar, the next slot to write.
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    mask_bs: jax.Array
+    index: jax.Array
+
+    @property
+    def length(self) -> int:
+        return self.mask_bs.shape[1]
+
+
+def init_cache(config: TransformerConfig, batch_size: int, length: int) -> KVCache:
+    """An empty cache for `batch_size` sequences of up to `length` tokens, in the activation dtype."""
+    shape = (batch_size, length, config.num_kv_heads, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, config.jnp_dtype) for _ in range(config.num_layers))
+    return KVCache(
+        keys=zeros,
+        values=tuple(jnp.zeros(shape, config.jnp_dtype) for _ in range(config.num_layers)),
+        mask_bs=jnp.zeros((batch_size, length), jnp.bool_),
+        index=jnp.zeros((), jnp.int32),
+    )

@@ -1,0 +1,313 @@
+"""Decoder-only transformer (linen) for the GPT-2 and Llama families, with an explicit KV cache.
+
+Conventions (shared by every stage):
+- token ids int32 [B, T]; `attention_mask_bt` bool [B, T], True on real tokens;
+- prompts are left-padded, so the last array position of a prompt is its last real token;
+- positions come from the attention mask (`positions_from_mask`), never from the array index, so a
+  left-padded row computes exactly what the same row unpadded would;
+- causality is by array index, which equals causality by position for real tokens because padding is
+  only on the left of each row and new tokens are appended at the same index for every row.
+
+Every parameter carries logical axis names (see `rlhf_jax.sharding`):
+  vocab, embed, heads, kv_heads, head_dim, mlp, norm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import TransformerConfig
+from rlhf_jax.models.kv_cache import KVCache
+from rlhf_jax.models.rope import apply_rope, inverse_frequencies
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+}
+
+# Logical names of activations; `rlhf_jax.sharding` maps them to mesh axes.
+ACT_BTD = ("batch", "length", "act_embed")
+
+
+def positions_from_mask(mask_bt: jax.Array, offset_b: jax.Array | None = None) -> jax.Array:
+    """Position of each token: the number of real tokens before it in its row.
+
+    Args:
+      mask_bt: bool [B, T], True on real tokens.
+      offset_b: optional int [B] real tokens already in the row (e.g. in the KV cache).
+
+    Returns:
+      int32 [B, T]; padding slots get the position of the next real token (clipped at 0), which
+      keeps them inside a learned position table and is never read for a real token.
+    """
+    positions = jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1
+    if offset_b is not None:
+        positions = positions + offset_b[:, None].astype(jnp.int32)
+    return jnp.maximum(positions, 0)
+
+
+def _param_init(config: TransformerConfig, names: tuple[str | None, ...], std: float | None = None):
+    return nn.with_logical_partitioning(nn.initializers.normal(std or config.init_std), names)
+
+
+def _zeros(names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def make_norm(config: TransformerConfig, name: str) -> nn.Module:
+    """LayerNorm (GPT-2) or RMSNorm (Llama); statistics in float32."""
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",))
+    common = dict(
+        epsilon=config.norm_eps,
+        dtype=config.jnp_dtype,
+        param_dtype=config.jnp_param_dtype,
+        scale_init=scale_init,
+        name=name,
+    )
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(**common)
+    return nn.LayerNorm(
+        use_bias=config.norm_bias,
+        bias_init=_zeros(("norm",)),
+        use_fast_variance=False,  # E[x^2]-E[x]^2 loses precision; transformers uses the two-pass form
+        **common,
+    )
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query self-attention through `jax.nn.dot_product_attention`."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x_btd: jax.Array,
+        positions_bt: jax.Array,
+        mask_b1ts: jax.Array,
+        layer_cache: tuple[jax.Array, jax.Array] | None = None,
+        cache_index: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """Args: x [B,T,E]; positions int [B,T]; mask bool [B,1,T,S]; layer_cache ([B,S,K,D],)*2.
+
+        Returns: output [B,T,E] and the updated (keys, values) cache of this layer (or None).
+        """
+        cfg = self.config
+
+        def projection(heads: int, name: str, heads_axis: str) -> nn.Module:
+            return nn.DenseGeneral(
+                features=(heads, cfg.head_dim),
+                use_bias=cfg.qkv_bias,
+                dtype=cfg.jnp_dtype,
+                param_dtype=cfg.jnp_param_dtype,
+                kernel_init=_param_init(cfg, ("embed", heads_axis, "head_dim")),
+                bias_init=_zeros((heads_axis, "head_dim")),
+                name=name,
+            )
+
+        q_bthd = projection(cfg.num_heads, "query", "heads")(x_btd)
+        k_btkd = projection(cfg.num_kv_heads, "key", "kv_heads")(x_btd)
+        v_btkd = projection(cfg.num_kv_heads, "value", "kv_heads")(x_btd)
+        if cfg.positions == "rope":
+            inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+            q_bthd = apply_rope(q_bthd, positions_bt, inv_freq)
+            k_btkd = apply_rope(k_btkd, positions_bt, inv_freq)
+
+        new_cache = None
+        if layer_cache is not None:
+            cache_k, cache_v = layer_cache
+            start = (0, cache_index, 0, 0)
+            k_btkd = jax.lax.dynamic_update_slice(cache_k, k_btkd.astype(cache_k.dtype), start)
+            v_btkd = jax.lax.dynamic_update_slice(cache_v, v_btkd.astype(cache_v.dtype), start)
+            new_cache = (k_btkd, v_btkd)
+
+        out_bthd = jax.nn.dot_product_attention(
+            q_bthd,
+            k_btkd.astype(q_bthd.dtype),
+            v_btkd.astype(q_bthd.dtype),
+            mask=mask_b1ts,
+            implementation=cfg.attention_impl,
+        )
+        out_btd = nn.DenseGeneral(
+            features=cfg.embed_dim,
+            axis=(-2, -1),
+            use_bias=cfg.out_bias,
+            dtype=cfg.jnp_dtype,
+            param_dtype=cfg.jnp_param_dtype,
+            kernel_init=_param_init(
+                cfg, ("heads", "head_dim", "embed"), cfg.init_std / (2 * cfg.num_layers) ** 0.5
+            ),
+            bias_init=_zeros(("embed",)),
+            name="out",
+        )(out_bthd)
+        return out_btd, new_cache
+
+
+class MLP(nn.Module):
+    """act(up(x)) or, gated, act(gate(x)) * up(x); then down."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        cfg = self.config
+
+        def dense(features: int, names: tuple[str, str], name: str, std: float | None = None):
+            return nn.Dense(
+                features,
+                use_bias=cfg.mlp_bias,
+                dtype=cfg.jnp_dtype,
+                param_dtype=cfg.jnp_param_dtype,
+                kernel_init=_param_init(cfg, names, std),
+                bias_init=_zeros((names[1],)),
+                name=name,
+            )
+
+        activation = _ACTIVATIONS[cfg.activation]
+        up_btf = dense(cfg.mlp_dim, ("embed", "mlp"), "up")(x_btd)
+        if cfg.gated_mlp:
+            hidden_btf = activation(dense(cfg.mlp_dim, ("embed", "mlp"), "gate")(x_btd)) * up_btf
+        else:
+            hidden_btf = activation(up_btf)
+        down_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+        return dense(cfg.embed_dim, ("mlp", "embed"), "down", down_std)(hidden_btf)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(.))."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x_btd, positions_bt, mask_b1ts, layer_cache, cache_index, deterministic):
+        cfg = self.config
+        dropout = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
+        attn_out, new_layer_cache = Attention(cfg, name="attn")(
+            make_norm(cfg, "attn_norm")(x_btd), positions_bt, mask_b1ts, layer_cache, cache_index
+        )
+        x_btd = x_btd + dropout(attn_out)
+        x_btd = x_btd + dropout(MLP(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x_btd)))
+        return nn.with_logical_constraint(x_btd, ACT_BTD), new_layer_cache
+
+
+@flax.struct.dataclass
+class DecoderOutput:
+    """hidden_btd: final-norm hidden states [B, T, E]; cache: updated KVCache or None."""
+
+    hidden_btd: jax.Array
+    cache: KVCache | None
+
+
+class Decoder(nn.Module):
+    """Token (+ learned position) embedding, the blocks, and the final norm."""
+
+    config: TransformerConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.embed_dim,
+            dtype=cfg.jnp_dtype,
+            param_dtype=cfg.jnp_param_dtype,
+            embedding_init=_param_init(cfg, ("vocab", "embed")),
+        )
+        if cfg.positions == "learned":
+            self.pos_embed = nn.Embed(
+                cfg.max_len,
+                cfg.embed_dim,
+                dtype=cfg.jnp_dtype,
+                param_dtype=cfg.jnp_param_dtype,
+                embedding_init=_param_init(cfg, (None, "embed"), 0.01),
+            )
+        self.layers = [Block(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
+        self.final_norm = make_norm(cfg, "final_norm")
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def __call__(
+        self,
+        tokens_bt: jax.Array,
+        attention_mask_bt: jax.Array | None = None,
+        positions_bt: jax.Array | None = None,
+        cache: KVCache | None = None,
+        deterministic: bool = True,
+    ) -> DecoderOutput:
+        """Runs the decoder over T new tokens, optionally appending them to a KV cache.
+
+        Args:
+          tokens_bt: int32 [B, T].
+          attention_mask_bt: bool [B, T], True on real tokens (default: all True).
+          positions_bt: int [B, T]; default from the mask (and the cache's real tokens).
+          cache: KVCache with at least T free slots after `cache.index`, or None.
+          deterministic: disables dropout when True.
+
+        Returns:
+          DecoderOutput with hidden states [B, T, E] and the updated cache.
+        """
+        cfg = self.config
+        batch, length = tokens_bt.shape
+        if attention_mask_bt is None:
+            attention_mask_bt = jnp.ones((batch, length), jnp.bool_)
+        attention_mask_bt = attention_mask_bt.astype(jnp.bool_)
+        query_idx_t = jnp.arange(length)
+        if cache is None:
+            key_mask_bs = attention_mask_bt
+            key_idx_s = query_idx_t
+            cache_index = None
+            offset_b = None
+        else:
+            cache_index = cache.index
+            key_idx_s = jnp.arange(cache.length)
+            offset_b = jnp.sum(cache.mask_bs & (key_idx_s < cache_index), axis=-1)
+            key_mask_bs = jax.lax.dynamic_update_slice(
+                cache.mask_bs, attention_mask_bt, (0, cache_index)
+            )
+            query_idx_t = query_idx_t + cache_index
+        if positions_bt is None:
+            positions_bt = positions_from_mask(attention_mask_bt, offset_b)
+
+        allowed_ts = key_idx_s[None, :] <= query_idx_t[:, None]
+        if cfg.sliding_window is not None:
+            allowed_ts &= query_idx_t[:, None] - key_idx_s[None, :] < cfg.sliding_window
+        allowed_bts = allowed_ts[None] & key_mask_bs[:, None, :]
+        # A padding query would otherwise have no key to attend to (an all-masked softmax row);
+        # letting every query see its own slot keeps it finite and changes no real token.
+        allowed_bts |= (query_idx_t[:, None] == key_idx_s[None, :])[None]
+        mask_b1ts = allowed_bts[:, None]
+
+        x_btd = self.embed(tokens_bt)
+        if cfg.positions == "learned":
+            x_btd = x_btd + self.pos_embed(positions_bt)
+        x_btd = nn.with_logical_constraint(self.dropout(x_btd, deterministic), ACT_BTD)
+
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
+            x_btd, new_layer_cache = layer(
+                x_btd, positions_bt, mask_b1ts, layer_cache, cache_index, deterministic
+            )
+            if new_layer_cache is not None:
+                new_keys.append(new_layer_cache[0])
+                new_values.append(new_layer_cache[1])
+        hidden_btd = self.final_norm(x_btd)
+
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(
+                keys=tuple(new_keys),
+                values=tuple(new_values),
+                mask_bs=key_mask_bs,
+                index=cache.index + length,
+            )
+        return DecoderOutput(hidden_btd=hidden_btd, cache=new_cache)
+
+    def attend(self, hidden_btd: jax.Array) -> jax.Array:
+        """Logits through the (tied) token embedding: [B, T, E] -> [B, T, V]."""
+        return self.embed.attend(hidden_btd)
