@@ -11,6 +11,9 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models.config import TransformerConfig
+from rlhf_jax.models.partitioning import constrain
+
+CACHE_BSKD = ("batch", "length", "kv_heads", "head_dim")
 
 
 @flax.struct.dataclass
@@ -36,10 +39,16 @@ class KVCache:
 def init_cache(config: TransformerConfig, batch_size: int, length: int) -> KVCache:
     """An empty cache for `batch_size` sequences of up to `length` tokens, in the activation dtype."""
     shape = (batch_size, length, config.num_kv_heads, config.head_dim)
-    zeros = tuple(jnp.zeros(shape, config.jnp_dtype) for _ in range(config.num_layers))
+
+    def zeros():
+        return tuple(
+            constrain(jnp.zeros(shape, config.jnp_dtype), CACHE_BSKD)
+            for _ in range(config.num_layers)
+        )
+
     return KVCache(
-        keys=zeros,
-        values=tuple(jnp.zeros(shape, config.jnp_dtype) for _ in range(config.num_layers)),
+        keys=zeros(),
+        values=zeros(),
         mask_bs=jnp.zeros((batch_size, length), jnp.bool_),
         index=jnp.zeros((), jnp.int32),
     )

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from rlhf_jax.models.config import TransformerConfig
 from rlhf_jax.models.kv_cache import KVCache
+from rlhf_jax.models.partitioning import constrain
 from rlhf_jax.models.rope import apply_rope, inverse_frequencies
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -81,6 +82,47 @@ def make_norm(config: TransformerConfig, name: str) -> nn.Module:
     )
 
 
+def _lookup(table_ne: jax.Array, ids_bt: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Rows of an embedding table: [N, E] x int [B, T] -> [B, T, E]."""
+    # Gather from a replicated view of the table (the all-gather FSDP does for every weight): a
+    # gather from a sharded table into batch-sharded rows makes XLA rematerialize its output.
+    table_ne = constrain(table_ne, (None, None))
+    return jnp.take(table_ne, ids_bt, axis=0).astype(dtype)
+
+
+class Projection(nn.Module):
+    """Linear map contracting the last `in_ndim` axes: kernel [*in_dims, *out_dims], bias [*out_dims].
+
+    Used instead of `nn.DenseGeneral`, whose flattened-kernel shape check does not compose with
+    logical-axis constraints on multi-dimensional kernels.
+    """
+
+    out_dims: tuple[int, ...]
+    in_ndim: int
+    kernel_names: tuple[str | None, ...]
+    use_bias: bool
+    config: TransformerConfig
+    init_std: float | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        kernel_shape = x.shape[x.ndim - self.in_ndim :] + tuple(self.out_dims)
+        kernel = self.param(
+            "kernel",
+            _param_init(cfg, self.kernel_names, self.init_std),
+            kernel_shape,
+            cfg.jnp_param_dtype,
+        )
+        x, kernel = x.astype(cfg.jnp_dtype), kernel.astype(cfg.jnp_dtype)
+        y = jnp.tensordot(x, kernel, axes=self.in_ndim)
+        if self.use_bias:
+            bias_names = self.kernel_names[self.in_ndim :]
+            bias = self.param("bias", _zeros(bias_names), tuple(self.out_dims), cfg.jnp_param_dtype)
+            y = y + bias.astype(cfg.jnp_dtype)
+        return y
+
+
 class Attention(nn.Module):
     """Multi-head / grouped-query self-attention through `jax.nn.dot_product_attention`."""
 
@@ -102,15 +144,8 @@ class Attention(nn.Module):
         cfg = self.config
 
         def projection(heads: int, name: str, heads_axis: str) -> nn.Module:
-            return nn.DenseGeneral(
-                features=(heads, cfg.head_dim),
-                use_bias=cfg.qkv_bias,
-                dtype=cfg.jnp_dtype,
-                param_dtype=cfg.jnp_param_dtype,
-                kernel_init=_param_init(cfg, ("embed", heads_axis, "head_dim")),
-                bias_init=_zeros((heads_axis, "head_dim")),
-                name=name,
-            )
+            names = ("embed", heads_axis, "head_dim")
+            return Projection((heads, cfg.head_dim), 1, names, cfg.qkv_bias, cfg, name=name)
 
         q_bthd = projection(cfg.num_heads, "query", "heads")(x_btd)
         k_btkd = projection(cfg.num_kv_heads, "key", "kv_heads")(x_btd)
@@ -135,16 +170,13 @@ class Attention(nn.Module):
             mask=mask_b1ts,
             implementation=cfg.attention_impl,
         )
-        out_btd = nn.DenseGeneral(
-            features=cfg.embed_dim,
-            axis=(-2, -1),
-            use_bias=cfg.out_bias,
-            dtype=cfg.jnp_dtype,
-            param_dtype=cfg.jnp_param_dtype,
-            kernel_init=_param_init(
-                cfg, ("heads", "head_dim", "embed"), cfg.init_std / (2 * cfg.num_layers) ** 0.5
-            ),
-            bias_init=_zeros(("embed",)),
+        out_btd = Projection(
+            (cfg.embed_dim,),
+            2,
+            ("heads", "head_dim", "embed"),
+            cfg.out_bias,
+            cfg,
+            init_std=cfg.init_std / (2 * cfg.num_layers) ** 0.5,
             name="out",
         )(out_bthd)
         return out_btd, new_cache
@@ -160,15 +192,7 @@ class MLP(nn.Module):
         cfg = self.config
 
         def dense(features: int, names: tuple[str, str], name: str, std: float | None = None):
-            return nn.Dense(
-                features,
-                use_bias=cfg.mlp_bias,
-                dtype=cfg.jnp_dtype,
-                param_dtype=cfg.jnp_param_dtype,
-                kernel_init=_param_init(cfg, names, std),
-                bias_init=_zeros((names[1],)),
-                name=name,
-            )
+            return Projection((features,), 1, names, cfg.mlp_bias, cfg, init_std=std, name=name)
 
         activation = _ACTIVATIONS[cfg.activation]
         up_btf = dense(cfg.mlp_dim, ("embed", "mlp"), "up")(x_btd)
@@ -194,7 +218,7 @@ class Block(nn.Module):
         )
         x_btd = x_btd + dropout(attn_out)
         x_btd = x_btd + dropout(MLP(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x_btd)))
-        return nn.with_logical_constraint(x_btd, ACT_BTD), new_layer_cache
+        return constrain(x_btd, ACT_BTD), new_layer_cache
 
 
 @flax.struct.dataclass
@@ -282,10 +306,10 @@ class Decoder(nn.Module):
         allowed_bts |= (query_idx_t[:, None] == key_idx_s[None, :])[None]
         mask_b1ts = allowed_bts[:, None]
 
-        x_btd = self.embed(tokens_bt)
+        x_btd = _lookup(self.embed.embedding, tokens_bt, cfg.jnp_dtype)
         if cfg.positions == "learned":
-            x_btd = x_btd + self.pos_embed(positions_bt)
-        x_btd = nn.with_logical_constraint(self.dropout(x_btd, deterministic), ACT_BTD)
+            x_btd = x_btd + _lookup(self.pos_embed.embedding, positions_bt, cfg.jnp_dtype)
+        x_btd = constrain(self.dropout(x_btd, deterministic), ACT_BTD)
 
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
