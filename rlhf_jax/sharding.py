@@ -159,7 +159,7 @@ def _check_divisible(shapes: Any, shardings: Any, logical_specs: Any, mesh: Mesh
     for (path, leaf), sharding, logical in zip(
         flat_shapes, flat_shardings, flat_logical, strict=True
     ):
-        for dim, (size, axes) in enumerate(zip(leaf.shape, sharding.spec)):
+        for dim, (size, axes) in enumerate(zip(leaf.shape, sharding.spec, strict=False)):
             if axes is None:
                 continue
             axes = (axes,) if isinstance(axes, str) else tuple(axes)

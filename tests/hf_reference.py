@@ -14,18 +14,40 @@ VOCAB = 64
 def hf_config(family: str, **overrides) -> transformers.PretrainedConfig:
     """Small random configs covering each family's distinguishing features."""
     if family == "gpt2":
-        fields = dict(n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=64,
-                      bos_token_id=1, eos_token_id=2)
+        fields = dict(
+            n_layer=2,
+            n_embd=32,
+            n_head=4,
+            vocab_size=VOCAB,
+            n_positions=64,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
         fields.update(overrides)
         return transformers.GPT2Config(**fields)
-    common = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
-                  num_key_value_heads=2, intermediate_size=48, vocab_size=VOCAB,
-                  max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+    common = dict(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     if family == "llama":  # GQA, untied embeddings, Llama 3.1 RoPE scaling
-        common.update(tie_word_embeddings=False, rope_parameters={
-            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 16})
+        common.update(
+            tie_word_embeddings=False,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        )
         common.update(overrides)
         return transformers.LlamaConfig(**common)
     if family == "qwen2":  # q/k/v biases, tied embeddings

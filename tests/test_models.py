@@ -45,7 +45,8 @@ def test_export_loads_in_transformers_with_same_logits(family, tmp_path):
     hf.save_pretrained(tmp_path, config, params, eos_token_id=2)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     np.testing.assert_allclose(
-        torch_logits(reloaded, tokens, mask)[mask], torch_logits(model, tokens, mask)[mask],
+        torch_logits(reloaded, tokens, mask)[mask],
+        torch_logits(model, tokens, mask)[mask],
         atol=1e-6,
     )
     config2, params2 = hf.load_pretrained(tmp_path)
@@ -133,7 +134,9 @@ def test_scalar_model_shares_decoder_with_lm():
     lm_params = nn.unbox(CausalLM(config).init(jax.random.key(0), tokens))
     rm = ScalarModel(config)
     rm_params = nn.unbox(rm.init(jax.random.key(1), tokens))
-    chex.assert_trees_all_equal_shapes(lm_params["params"]["decoder"], rm_params["params"]["decoder"])
+    chex.assert_trees_all_equal_shapes(
+        lm_params["params"]["decoder"], rm_params["params"]["decoder"]
+    )
     rm_params["params"]["decoder"] = lm_params["params"]["decoder"]
     out = rm.apply(rm_params, tokens)
     chex.assert_shape(out.scores_bt, (2, 5))
@@ -153,10 +156,12 @@ def test_bfloat16_activations_run_and_stay_close():
 
 def test_config_errors():
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
-        TransformerConfig.llama(vocab_size=8, num_layers=1, num_heads=4, num_kv_heads=3,
-                                embed_dim=16, mlp_dim=16)
-    llama = TransformerConfig.llama(vocab_size=8, num_layers=1, num_heads=4, embed_dim=16,
-                                    mlp_dim=16)
+        TransformerConfig.llama(
+            vocab_size=8, num_layers=1, num_heads=4, num_kv_heads=3, embed_dim=16, mlp_dim=16
+        )
+    llama = TransformerConfig.llama(
+        vocab_size=8, num_layers=1, num_heads=4, embed_dim=16, mlp_dim=16
+    )
     with pytest.raises(ValueError, match="Cannot export as gpt2"):
         hf.config_to_hf(llama.replace(family="gpt2"))
 
@@ -174,8 +179,9 @@ def test_torch_is_not_imported_by_the_library():
 
 
 def test_dropout_changes_training_forward_only():
-    config = TransformerConfig.gpt2(vocab_size=64, num_layers=2, num_heads=4, embed_dim=32,
-                                    dropout_rate=0.2)
+    config = TransformerConfig.gpt2(
+        vocab_size=64, num_layers=2, num_heads=4, embed_dim=32, dropout_rate=0.2
+    )
     lm = CausalLM(config)
     tokens = jnp.ones((2, 5), jnp.int32)
     params = nn.unbox(lm.init(jax.random.key(0), tokens))

@@ -80,7 +80,8 @@ class TransformerConfig:
             object.__setattr__(self, "head_dim", self.embed_dim // self.num_heads)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
-                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}."
+                f"num_heads={self.num_heads} must be a multiple of "
+                f"num_kv_heads={self.num_kv_heads}."
             )
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}.")
@@ -119,7 +120,7 @@ class TransformerConfig:
 
     @classmethod
     def llama(cls, **kwargs) -> TransformerConfig:
-        """Llama family: RoPE, RMSNorm, SwiGLU, no biases, untied embeddings (override for Qwen2)."""
+        """Llama family: RoPE, RMSNorm, SwiGLU, no biases, untied embeddings (Qwen2: override)."""
         defaults = dict(
             family="llama",
             norm="rmsnorm",

@@ -79,7 +79,8 @@ def config_from_hf(hf_config, **overrides) -> TransformerConfig:
             raise ValueError(f"gpt2 activation {hf_config.activation_function!r} is not supported.")
         if hf_config.scale_attn_by_inverse_layer_idx or hf_config.reorder_and_upcast_attn:
             raise ValueError(
-                "gpt2 configs with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported."
+                "gpt2 configs with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn "
+                "are not supported."
             )
         fields = dict(
             vocab_size=hf_config.vocab_size,
@@ -219,7 +220,8 @@ def config_to_hf(config: TransformerConfig, **extra):
         if fam == "llama":
             if config.qkv_bias != config.out_bias:
                 raise ValueError(
-                    "Cannot export as llama: q/k/v and output biases must match (use family='qwen2')."
+                    "Cannot export as llama: q/k/v and output biases must match "
+                    "(use family='qwen2')."
                 )
             fields.update(attention_bias=config.qkv_bias, mlp_bias=config.mlp_bias)
         elif fam == "qwen2":
@@ -396,7 +398,7 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], config: TransformerConfig)
         except ValueError as err:
             bad_shapes.append(f"{entry.hf_name} {tensors[entry.hf_name].shape}: {err}")
             continue
-        for path, array in zip(entry.paths, arrays):
+        for path, array in zip(entry.paths, arrays, strict=True):
             node = params
             for key in path[:-1]:
                 node = node.setdefault(key, {})
@@ -468,7 +470,7 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike, revision: str | None
 
 
 def read_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of `model.safetensors` or of the shards listed in `model.safetensors.index.json`."""
+    """All tensors of `model.safetensors`, or of the shards in `model.safetensors.index.json`."""
     directory = Path(directory)
     index = directory / "model.safetensors.index.json"
     single = directory / "model.safetensors"
@@ -479,7 +481,8 @@ def read_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     else:
         found = ", ".join(sorted(p.name for p in directory.iterdir())) or "nothing"
         raise FileNotFoundError(
-            f"No model.safetensors or model.safetensors.index.json in {directory} (found: {found}). "
+            f"No model.safetensors or model.safetensors.index.json in {directory} "
+            f"(found: {found}). "
             "Only safetensors weights are loaded; convert .bin checkpoints with transformers first."
         )
     tensors: dict[str, np.ndarray] = {}

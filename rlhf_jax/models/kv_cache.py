@@ -37,7 +37,7 @@ class KVCache:
 
 
 def init_cache(config: TransformerConfig, batch_size: int, length: int) -> KVCache:
-    """An empty cache for `batch_size` sequences of up to `length` tokens, in the activation dtype."""
+    """An empty cache for `batch_size` rows of up to `length` tokens, in the activation dtype."""
     shape = (batch_size, length, config.num_kv_heads, config.head_dim)
 
     def zeros():

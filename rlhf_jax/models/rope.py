@@ -1,4 +1,4 @@
-"""Rotary position embeddings (RoPE) in transformers' "rotate half" layout, with frequency scaling."""
+"""Rotary position embeddings (RoPE) in transformers' "rotate half" layout, with scaling."""
 
 from __future__ import annotations
 

@@ -77,7 +77,8 @@ def make_norm(config: TransformerConfig, name: str) -> nn.Module:
     return nn.LayerNorm(
         use_bias=config.norm_bias,
         bias_init=_zeros(("norm",)),
-        use_fast_variance=False,  # E[x^2]-E[x]^2 loses precision; transformers uses the two-pass form
+        # E[x^2] - E[x]^2 loses precision; transformers uses the two-pass form.
+        use_fast_variance=False,
         **common,
     )
 
@@ -91,7 +92,7 @@ def _lookup(table_ne: jax.Array, ids_bt: jax.Array, dtype: jnp.dtype) -> jax.Arr
 
 
 class Projection(nn.Module):
-    """Linear map contracting the last `in_ndim` axes: kernel [*in_dims, *out_dims], bias [*out_dims].
+    """Linear map over the last `in_ndim` axes: kernel [*in_dims, *out_dims], bias [*out_dims].
 
     Used instead of `nn.DenseGeneral`, whose flattened-kernel shape check does not compose with
     logical-axis constraints on multi-dimensional kernels.
