@@ -91,6 +91,39 @@ def _lookup(table_ne: jax.Array, ids_bt: jax.Array, dtype: jnp.dtype) -> jax.Arr
     return jnp.take(table_ne, ids_bt, axis=0).astype(dtype)
 
 
+def cached_attention(
+    q_bthd: jax.Array, keys_bkds: jax.Array, values_bksd: jax.Array, mask_b1ts: jax.Array
+) -> jax.Array:
+    """Attention of T new queries over the KV cache, in the cache's own layouts.
+
+    Written as two einsums rather than through `jax.nn.dot_product_attention` because that takes
+    keys as [B, S, K, D], a layout which forces a transpose of the whole cache on every decode
+    step. Softmax in float32.
+
+    Args:
+      q_bthd: [B, T, H, D] queries (H a multiple of K).
+      keys_bkds: [B, K, D, S]; values_bksd: [B, K, S, D].
+      mask_b1ts: bool [B, 1, T, S], True where a query may attend to a slot; every query row must
+        allow at least one slot.
+
+    Returns:
+      [B, T, H, D].
+    """
+    batch, length, heads, dim = q_bthd.shape
+    kv_heads = keys_bkds.shape[1]
+    groups = heads // kv_heads
+    q_bkgtd = q_bthd.reshape(batch, length, kv_heads, groups, dim).transpose(0, 2, 3, 1, 4)
+    scores_bkgts = jnp.einsum(
+        "bkgtd,bkds->bkgts", q_bkgtd, keys_bkds, preferred_element_type=jnp.float32
+    ) / jnp.sqrt(jnp.float32(dim))
+    scores_bkgts = jnp.where(mask_b1ts[:, :, None], scores_bkgts, -jnp.inf)
+    probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(values_bksd.dtype)
+    out_bkgtd = jnp.einsum("bkgts,bksd->bkgtd", probs_bkgts, values_bksd)
+    return (
+        out_bkgtd.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, dim).astype(q_bthd.dtype)
+    )
+
+
 class Projection(nn.Module):
     """Linear map over the last `in_ndim` axes: kernel [*in_dims, *out_dims], bias [*out_dims].
 
@@ -157,20 +190,24 @@ class Attention(nn.Module):
             k_btkd = apply_rope(k_btkd, positions_bt, inv_freq)
 
         new_cache = None
-        if layer_cache is not None:
-            cache_k, cache_v = layer_cache
-            start = (0, cache_index, 0, 0)
-            k_btkd = jax.lax.dynamic_update_slice(cache_k, k_btkd.astype(cache_k.dtype), start)
-            v_btkd = jax.lax.dynamic_update_slice(cache_v, v_btkd.astype(cache_v.dtype), start)
-            new_cache = (k_btkd, v_btkd)
-
-        out_bthd = jax.nn.dot_product_attention(
-            q_bthd,
-            k_btkd.astype(q_bthd.dtype),
-            v_btkd.astype(q_bthd.dtype),
-            mask=mask_b1ts,
-            implementation=cfg.attention_impl,
-        )
+        if layer_cache is None:
+            out_bthd = jax.nn.dot_product_attention(
+                q_bthd, k_btkd, v_btkd, mask=mask_b1ts, implementation=cfg.attention_impl
+            )
+        else:
+            keys_bkds, values_bksd = layer_cache
+            keys_bkds = jax.lax.dynamic_update_slice(
+                keys_bkds,
+                k_btkd.transpose(0, 2, 3, 1).astype(keys_bkds.dtype),
+                (0, 0, 0, cache_index),
+            )
+            values_bksd = jax.lax.dynamic_update_slice(
+                values_bksd,
+                v_btkd.transpose(0, 2, 1, 3).astype(values_bksd.dtype),
+                (0, 0, cache_index, 0),
+            )
+            new_cache = (keys_bkds, values_bksd)
+            out_bthd = cached_attention(q_bthd, keys_bkds, values_bksd, mask_b1ts)
         out_btd = Projection(
             (cfg.embed_dim,),
             2,
