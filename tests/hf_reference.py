@@ -54,6 +54,24 @@ def hf_config(family: str, **overrides) -> transformers.PretrainedConfig:
         common.update(tie_word_embeddings=True)
         common.update(overrides)
         return transformers.Qwen2Config(**common)
+    if family == "gpt_neox":  # Pythia: partial rotary, parallel residual, fused per-head qkv
+        fields = dict(
+            num_hidden_layers=2,
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=48,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
+            bos_token_id=1,
+            eos_token_id=2,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+            },
+        )
+        fields.update(overrides)
+        return transformers.GPTNeoXConfig(**fields)
     if family == "mistral":  # sliding-window attention
         common.update(sliding_window=3)
         common.update(overrides)

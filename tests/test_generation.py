@@ -21,7 +21,7 @@ def _greedy(config, params, tokens, mask, n_new, eos_ids=()):
     return sampler(params, tokens, mask, jax.random.key(0))
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "gpt_neox"])
 def test_greedy_equals_transformers_generate_with_early_eos(family):
     model, config, params = reference_model(family, seed=1)
     tokens, mask = left_padded_batch(seed=3, length=6)

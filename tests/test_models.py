@@ -13,7 +13,7 @@ import transformers
 from rlhf_jax.models import CausalLM, ScalarModel, TransformerConfig, hf, init_cache
 from tests.hf_reference import left_padded_batch, reference_model, torch_logits
 
-FAMILIES = ["gpt2", "llama", "qwen2", "mistral"]
+FAMILIES = ["gpt2", "llama", "qwen2", "mistral", "gpt_neox"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -190,3 +190,36 @@ def test_dropout_changes_training_forward_only():
     train = lm.apply(params, tokens, deterministic=False, rngs={"dropout": jax.random.key(3)})
     np.testing.assert_array_equal(eval1, eval2)
     assert not np.allclose(train.logits_btv, eval1)
+
+
+def test_legacy_and_unprefixed_tensor_names_load():
+    _, config, params = reference_model("gpt_neox")
+    state = hf.params_to_hf(params, config)
+    legacy = {("embed_out.weight" if k == "lm_head.weight" else k): v for k, v in state.items()}
+    chex.assert_trees_all_equal(hf.params_from_hf(legacy, config), hf.params_from_hf(state, config))
+    _, llama_config, llama_params = reference_model("llama")
+    llama_state = hf.params_to_hf(llama_params, llama_config)
+    bare = {k.removeprefix("model."): v for k, v in llama_state.items()}
+    chex.assert_trees_all_equal(
+        hf.params_from_hf(bare, llama_config), hf.params_from_hf(llama_state, llama_config)
+    )
+
+
+def test_hub_ids_go_through_snapshot_download(tmp_path, monkeypatch):
+    """No hub is reachable here, so the download is faked; the resolution logic is real."""
+    import huggingface_hub
+
+    _, config, params = reference_model("gpt2")
+    hf.save_pretrained(tmp_path / "snapshot", config, params)
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision, tuple(allow_patterns)))
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    config2, _ = hf.load_pretrained("openai-community/gpt2", revision="main")
+    assert config2 == config
+    repo_id, revision, patterns = calls[0]
+    assert (repo_id, revision) == ("openai-community/gpt2", "main")
+    assert "*.safetensors" in patterns and not any(p.endswith((".bin", ".pt")) for p in patterns)

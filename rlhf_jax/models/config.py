@@ -13,7 +13,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 
-Family = Literal["gpt2", "llama", "qwen2", "mistral"]
+Family = Literal["gpt2", "llama", "qwen2", "mistral", "gpt_neox"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,8 @@ class TransformerConfig:
     positions: Literal["learned", "rope"] = "learned"
     rope_theta: float = 10_000.0
     rope_scaling: RopeScaling | None = None
+    rotary_fraction: float = 1.0  # share of each head's dims that RoPE rotates (Pythia: 0.25)
+    parallel_residual: bool = False  # x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX / Pythia)
     sliding_window: int | None = None  # attend to at most this many previous tokens (Mistral)
     qkv_bias: bool = True  # biases on the query/key/value projections (GPT-2, Qwen2)
     out_bias: bool = True  # bias on the attention output projection (GPT-2)
@@ -83,10 +85,15 @@ class TransformerConfig:
                 f"num_heads={self.num_heads} must be a multiple of "
                 f"num_kv_heads={self.num_kv_heads}."
             )
-        if self.positions == "rope" and self.head_dim % 2:
-            raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}.")
+        if self.positions == "rope" and self.rotary_dim % 2:
+            raise ValueError(f"RoPE needs an even number of rotated dims, got {self.rotary_dim}.")
         if self.norm == "rmsnorm" and self.norm_bias:
             object.__setattr__(self, "norm_bias", False)
+
+    @property
+    def rotary_dim(self) -> int:
+        """Leading dims of each head that RoPE rotates (transformers: partial_rotary_factor)."""
+        return int(self.head_dim * self.rotary_fraction)
 
     @property
     def jnp_dtype(self) -> jnp.dtype:
@@ -116,6 +123,25 @@ class TransformerConfig:
         defaults.update(kwargs)
         if "mlp_dim" not in defaults and "embed_dim" in defaults:
             defaults["mlp_dim"] = 4 * defaults["embed_dim"]
+        return cls(**defaults)
+
+    @classmethod
+    def gpt_neox(cls, **kwargs) -> TransformerConfig:
+        """GPT-NeoX / Pythia: partial RoPE, LayerNorm, exact GELU, parallel residual, untied."""
+        defaults = dict(
+            family="gpt_neox",
+            norm="layernorm",
+            activation="gelu",
+            gated_mlp=False,
+            positions="rope",
+            rotary_fraction=0.25,
+            parallel_residual=True,
+            qkv_bias=True,
+            out_bias=True,
+            mlp_bias=True,
+            tie_embeddings=False,
+        )
+        defaults.update(kwargs)
         return cls(**defaults)
 
     @classmethod

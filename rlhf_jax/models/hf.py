@@ -6,7 +6,8 @@ Reads a directory with `config.json` plus `model.safetensors` (or a sharded
 safetensors (no pickle), and `trust_remote_code` is never enabled.
 
 Supported model types: gpt2, llama (also SmolLM and other Llama-architecture checkpoints), mistral,
-qwen2. Each is described once, as a table of `Entry`s that is read in both directions.
+qwen2, gpt_neox (Pythia). Each is described once, as a table of `Entry`s that is read in both
+directions.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import safetensors.numpy
 
 from rlhf_jax.models.config import RopeScaling, TransformerConfig
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gpt_neox")
 _GPT2_ACTIVATIONS = {
     "gelu_new": "gelu_tanh",
     "gelu_pytorch_tanh": "gelu_tanh",
@@ -43,8 +44,12 @@ Params = dict[str, Any]
 # ----------------------------------------------------------------------------------------------
 
 
+def _rope_parameters(hf) -> dict:
+    return getattr(hf, "rope_parameters", None) or {}
+
+
 def _rope_from_hf(hf) -> tuple[float, RopeScaling | None]:
-    rope = getattr(hf, "rope_parameters", None) or {}
+    rope = _rope_parameters(hf)
     theta = float(rope.get("rope_theta", getattr(hf, "rope_theta", 10_000.0)))
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind == "default":
@@ -95,6 +100,30 @@ def config_from_hf(hf_config, **overrides) -> TransformerConfig:
         )
         fields.update(overrides)
         return TransformerConfig.gpt2(**fields)
+    if model_type == "gpt_neox":
+        if hf_config.hidden_act not in _GPT2_ACTIVATIONS:
+            raise ValueError(f"gpt_neox activation {hf_config.hidden_act!r} is not supported.")
+        theta, scaling = _rope_from_hf(hf_config)
+        fields = dict(
+            vocab_size=hf_config.vocab_size,
+            num_layers=hf_config.num_hidden_layers,
+            num_heads=hf_config.num_attention_heads,
+            embed_dim=hf_config.hidden_size,
+            mlp_dim=hf_config.intermediate_size,
+            max_len=hf_config.max_position_embeddings,
+            norm_eps=hf_config.layer_norm_eps,
+            activation=_GPT2_ACTIVATIONS[hf_config.hidden_act],
+            rope_theta=theta,
+            rope_scaling=scaling,
+            rotary_fraction=float(_rope_parameters(hf_config).get("partial_rotary_factor", 1.0)),
+            parallel_residual=bool(hf_config.use_parallel_residual),
+            qkv_bias=bool(hf_config.attention_bias),
+            out_bias=bool(hf_config.attention_bias),
+            tie_embeddings=bool(hf_config.tie_word_embeddings),
+            init_std=hf_config.initializer_range,
+        )
+        fields.update(overrides)
+        return TransformerConfig.gpt_neox(**fields)
     if model_type in ("llama", "mistral", "qwen2"):
         if hf_config.hidden_act not in _LLAMA_ACTIVATIONS:
             raise ValueError(f"{model_type} activation {hf_config.hidden_act!r} is not supported.")
@@ -133,6 +162,20 @@ def config_from_hf(hf_config, **overrides) -> TransformerConfig:
     raise ValueError(
         f"Unknown model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
     )
+
+
+def _rope_to_hf(config: TransformerConfig, **extra) -> dict[str, Any]:
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta, **extra}
+    if config.rope_scaling is not None:
+        s = config.rope_scaling
+        rope.update(rope_type=s.kind, factor=s.factor)
+        if s.kind == "llama3":
+            rope.update(
+                low_freq_factor=s.low_freq_factor,
+                high_freq_factor=s.high_freq_factor,
+                original_max_position_embeddings=s.original_max_position_embeddings,
+            )
+    return rope
 
 
 def config_to_hf(config: TransformerConfig, **extra):
@@ -181,20 +224,43 @@ def config_to_hf(config: TransformerConfig, **extra):
             tie_word_embeddings=True,
             architectures=["GPT2LMHeadModel"],
         )
+    elif fam == "gpt_neox":
+        if (
+            config.norm != "layernorm"
+            or config.positions != "rope"
+            or config.gated_mlp
+            or config.num_kv_heads != config.num_heads
+            or config.qkv_bias != config.out_bias
+            or not config.mlp_bias
+        ):
+            raise ValueError(
+                "Cannot export as gpt_neox: needs layernorm, rope, a plain MLP with biases, "
+                "num_kv_heads=num_heads and matching attention biases."
+            )
+        inverse = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+        fields = dict(
+            vocab_size=config.vocab_size,
+            hidden_size=config.embed_dim,
+            intermediate_size=config.mlp_dim,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            max_position_embeddings=config.max_len,
+            layer_norm_eps=config.norm_eps,
+            hidden_act=inverse[config.activation],
+            use_parallel_residual=config.parallel_residual,
+            attention_bias=config.qkv_bias,
+            tie_word_embeddings=config.tie_embeddings,
+            initializer_range=config.init_std,
+            rope_parameters=_rope_to_hf(config, partial_rotary_factor=config.rotary_fraction),
+            architectures=["GPTNeoXForCausalLM"],
+        )
     elif fam in ("llama", "mistral", "qwen2"):
         if config.norm != "rmsnorm" or config.positions != "rope" or not config.gated_mlp:
             raise ValueError(f"Cannot export as {fam}: needs rmsnorm, rope and a gated MLP.")
+        if config.rotary_fraction != 1.0 or config.parallel_residual:
+            raise ValueError(f"Cannot export as {fam}: partial rotary / parallel residual.")
         inverse = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
-        rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta}
-        if config.rope_scaling is not None:
-            s = config.rope_scaling
-            rope.update(rope_type=s.kind, factor=s.factor)
-            if s.kind == "llama3":
-                rope.update(
-                    low_freq_factor=s.low_freq_factor,
-                    high_freq_factor=s.high_freq_factor,
-                    original_max_position_embeddings=s.original_max_position_embeddings,
-                )
+        rope = _rope_to_hf(config)
         fields = dict(
             vocab_size=config.vocab_size,
             hidden_size=config.embed_dim,
@@ -350,12 +416,56 @@ def _llama_entries(cfg: TransformerConfig) -> Iterator[Entry]:
                 yield _same(f"{hf}mlp.{proj}.bias", ours + ("mlp", ours_name, "bias"))
 
 
+def _gpt_neox_entries(cfg: TransformerConfig) -> Iterator[Entry]:
+    e, h, d, f = cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
+    dec = ("decoder",)
+    yield _same("gpt_neox.embed_in.weight", dec + ("embed", "embedding"))
+    yield _same("gpt_neox.final_layer_norm.weight", dec + ("final_norm", "scale"))
+    yield _same("gpt_neox.final_layer_norm.bias", dec + ("final_norm", "bias"))
+    if not cfg.tie_embeddings:
+        yield _linear("lm_head.weight", ("lm_head", "kernel"), (e,), (cfg.vocab_size,))
+    for i in range(cfg.num_layers):
+        hf, ours = f"gpt_neox.layers.{i}.", dec + (f"layer_{i}",)
+        for hf_ln, our_ln in (
+            ("input_layernorm", "attn_norm"),
+            ("post_attention_layernorm", "mlp_norm"),
+        ):
+            yield _same(f"{hf}{hf_ln}.weight", ours + (our_ln, "scale"))
+            yield _same(f"{hf}{hf_ln}.bias", ours + (our_ln, "bias"))
+        qkv = tuple(ours + ("attn", n) for n in ("query", "key", "value"))
+        # The fused projection's output is laid out per head: [heads, (q | k | v), head_dim].
+        yield Entry(
+            f"{hf}attention.query_key_value.weight",
+            tuple(p + ("kernel",) for p in qkv),
+            lambda a: tuple(a.reshape(h, 3, d, e)[:, j].transpose(2, 0, 1) for j in range(3)),
+            lambda *xs: np.stack([x.transpose(1, 2, 0) for x in xs], axis=1).reshape(3 * h * d, e),
+        )
+        if cfg.qkv_bias:
+            yield Entry(
+                f"{hf}attention.query_key_value.bias",
+                tuple(p + ("bias",) for p in qkv),
+                lambda a: tuple(a.reshape(h, 3, d)[:, j] for j in range(3)),
+                lambda *xs: np.stack(xs, axis=1).reshape(-1),
+            )
+        yield _linear(f"{hf}attention.dense.weight", ours + ("attn", "out", "kernel"), (h, d), (e,))
+        if cfg.out_bias:
+            yield _same(f"{hf}attention.dense.bias", ours + ("attn", "out", "bias"))
+        for hf_name, our_name, dims in (
+            ("dense_h_to_4h", "up", ((e,), (f,))),
+            ("dense_4h_to_h", "down", ((f,), (e,))),
+        ):
+            yield _linear(f"{hf}mlp.{hf_name}.weight", ours + ("mlp", our_name, "kernel"), *dims)
+            yield _same(f"{hf}mlp.{hf_name}.bias", ours + ("mlp", our_name, "bias"))
+
+
 def weight_entries(config: TransformerConfig) -> list[Entry]:
     """The full conversion table for `config`'s family."""
     if config.family == "gpt2":
         return list(_gpt2_entries(config))
     if config.family in ("llama", "mistral", "qwen2"):
         return list(_llama_entries(config))
+    if config.family == "gpt_neox":
+        return list(_gpt_neox_entries(config))
     raise ValueError(
         f"Unknown family {config.family!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
     )
@@ -363,7 +473,13 @@ def weight_entries(config: TransformerConfig) -> list[Entry]:
 
 # The prefixes transformers puts before the base model's names; checkpoints saved from the base
 # model class (GPT2Model, LlamaModel) lack them.
-_BASE_PREFIX = {"gpt2": "transformer.", "llama": "model.", "mistral": "model.", "qwen2": "model."}
+_BASE_PREFIX = {
+    "gpt2": "transformer.",
+    "llama": "model.",
+    "mistral": "model.",
+    "qwen2": "model.",
+    "gpt_neox": "gpt_neox.",
+}
 
 
 def _normalise_names(
@@ -372,11 +488,12 @@ def _normalise_names(
     if config.family == "gpt2":
         prefix = _BASE_PREFIX["gpt2"]
         return {k.removeprefix(prefix): v for k, v in tensors.items()}
-    if not any(k.startswith("model.") for k in tensors):
-        return {
-            ("model." + k if not k.startswith("lm_head.") else k): v for k, v in tensors.items()
-        }
-    return dict(tensors)
+    # Older GPT-NeoX checkpoints (Pythia on the hub) call the LM head "embed_out".
+    tensors = {("lm_head.weight" if k == "embed_out.weight" else k): v for k, v in tensors.items()}
+    prefix = _BASE_PREFIX[config.family]
+    if not any(k.startswith(prefix) for k in tensors):
+        return {(k if k.startswith("lm_head.") else prefix + k): v for k, v in tensors.items()}
+    return tensors
 
 
 def params_from_hf(tensors: Mapping[str, np.ndarray], config: TransformerConfig) -> Params:

@@ -45,7 +45,8 @@ def apply_rope(x_bthd: jax.Array, positions_bt: jax.Array, inv_freq: np.ndarray)
     Args:
       x_bthd: [B, T, H, D] queries or keys.
       positions_bt: int [B, T] token positions (from the attention mask, not the array index).
-      inv_freq: float32 [D // 2] from `inverse_frequencies`.
+      inv_freq: float32 [R // 2] from `inverse_frequencies`; the first R <= D dims of each head are
+        rotated and the rest pass through (partial rotary, as in GPT-NeoX).
 
     Returns:
       [B, T, H, D], same dtype as `x_bthd`; angles are computed in float32.
@@ -53,7 +54,11 @@ def apply_rope(x_bthd: jax.Array, positions_bt: jax.Array, inv_freq: np.ndarray)
     angles_btf = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
     angles_btd = jnp.concatenate([angles_btf, angles_btf], axis=-1)[:, :, None, :]
     cos, sin = jnp.cos(angles_btd), jnp.sin(angles_btd)
-    x = x_bthd.astype(jnp.float32)
-    half = x.shape[-1] // 2
+    rotary_dim = 2 * inv_freq.shape[0]
+    x = x_bthd[..., :rotary_dim].astype(jnp.float32)
+    half = rotary_dim // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return (x * cos + rotated * sin).astype(x_bthd.dtype)
+    out = (x * cos + rotated * sin).astype(x_bthd.dtype)
+    if rotary_dim == x_bthd.shape[-1]:
+        return out
+    return jnp.concatenate([out, x_bthd[..., rotary_dim:]], axis=-1)

@@ -185,7 +185,7 @@ class Attention(nn.Module):
         k_btkd = projection(cfg.num_kv_heads, "key", "kv_heads")(x_btd)
         v_btkd = projection(cfg.num_kv_heads, "value", "kv_heads")(x_btd)
         if cfg.positions == "rope":
-            inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+            inv_freq = inverse_frequencies(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
             q_bthd = apply_rope(q_bthd, positions_bt, inv_freq)
             k_btkd = apply_rope(k_btkd, positions_bt, inv_freq)
 
@@ -243,7 +243,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(.))."""
+    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(.)).
+
+    With `parallel_residual` (GPT-NeoX), both branches read x: x + attn(norm1(x)) + mlp(norm2(x)).
+    """
 
     config: TransformerConfig
 
@@ -254,8 +257,13 @@ class Block(nn.Module):
         attn_out, new_layer_cache = Attention(cfg, name="attn")(
             make_norm(cfg, "attn_norm")(x_btd), positions_bt, mask_b1ts, layer_cache, cache_index
         )
-        x_btd = x_btd + dropout(attn_out)
-        x_btd = x_btd + dropout(MLP(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x_btd)))
+        attn_out = dropout(attn_out)
+        mlp = lambda h_btd: dropout(MLP(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(h_btd)))
+        if cfg.parallel_residual:
+            x_btd = x_btd + attn_out + mlp(x_btd)
+        else:
+            x_btd = x_btd + attn_out
+            x_btd = x_btd + mlp(x_btd)
         return constrain(x_btd, ACT_BTD), new_layer_cache
 
 
