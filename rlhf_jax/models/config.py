@@ -109,55 +109,57 @@ class TransformerConfig:
     @classmethod
     def gpt2(cls, **kwargs) -> TransformerConfig:
         """GPT-2 family: learned positions, LayerNorm, tanh-GELU, biases, tied embeddings."""
-        defaults = dict(
-            family="gpt2",
-            norm="layernorm",
-            activation="gelu_tanh",
-            gated_mlp=False,
-            positions="learned",
-            qkv_bias=True,
-            out_bias=True,
-            mlp_bias=True,
-            tie_embeddings=True,
-        )
-        defaults.update(kwargs)
-        if "mlp_dim" not in defaults and "embed_dim" in defaults:
-            defaults["mlp_dim"] = 4 * defaults["embed_dim"]
-        return cls(**defaults)
+        if "mlp_dim" not in kwargs and "embed_dim" in kwargs:
+            kwargs["mlp_dim"] = 4 * kwargs["embed_dim"]
+        return cls(**{**_FAMILY_DEFAULTS["gpt2"], **kwargs})
 
     @classmethod
     def gpt_neox(cls, **kwargs) -> TransformerConfig:
         """GPT-NeoX / Pythia: partial RoPE, LayerNorm, exact GELU, parallel residual, untied."""
-        defaults = dict(
-            family="gpt_neox",
-            norm="layernorm",
-            activation="gelu",
-            gated_mlp=False,
-            positions="rope",
-            rotary_fraction=0.25,
-            parallel_residual=True,
-            qkv_bias=True,
-            out_bias=True,
-            mlp_bias=True,
-            tie_embeddings=False,
-        )
-        defaults.update(kwargs)
-        return cls(**defaults)
+        return cls(**{**_FAMILY_DEFAULTS["gpt_neox"], **kwargs})
 
     @classmethod
     def llama(cls, **kwargs) -> TransformerConfig:
         """Llama family: RoPE, RMSNorm, SwiGLU, no biases, untied embeddings (Qwen2: override)."""
-        defaults = dict(
-            family="llama",
-            norm="rmsnorm",
-            norm_eps=1e-6,
-            activation="silu",
-            gated_mlp=True,
-            positions="rope",
-            qkv_bias=False,
-            out_bias=False,
-            mlp_bias=False,
-            tie_embeddings=False,
-        )
-        defaults.update(kwargs)
-        return cls(**defaults)
+        return cls(**{**_FAMILY_DEFAULTS["llama"], **kwargs})
+
+
+# What distinguishes each family; everything else is one code path.
+_FAMILY_DEFAULTS: dict[str, dict] = {
+    "gpt2": dict(
+        family="gpt2",
+        norm="layernorm",
+        activation="gelu_tanh",
+        gated_mlp=False,
+        positions="learned",
+        qkv_bias=True,
+        out_bias=True,
+        mlp_bias=True,
+        tie_embeddings=True,
+    ),
+    "gpt_neox": dict(
+        family="gpt_neox",
+        norm="layernorm",
+        activation="gelu",
+        gated_mlp=False,
+        positions="rope",
+        rotary_fraction=0.25,
+        parallel_residual=True,
+        qkv_bias=True,
+        out_bias=True,
+        mlp_bias=True,
+        tie_embeddings=False,
+    ),
+    "llama": dict(
+        family="llama",
+        norm="rmsnorm",
+        norm_eps=1e-6,
+        activation="silu",
+        gated_mlp=True,
+        positions="rope",
+        qkv_bias=False,
+        out_bias=False,
+        mlp_bias=False,
+        tie_embeddings=False,
+    ),
+}

@@ -67,6 +67,37 @@ def _rope_from_hf(hf) -> tuple[float, RopeScaling | None]:
     raise ValueError(f"RoPE type {kind!r} is not supported; supported: default, linear, llama3.")
 
 
+def _shared_fields_from_hf(hf_config) -> dict[str, Any]:
+    """Fields that GPT-NeoX and the Llama family name the same way in transformers."""
+    theta, scaling = _rope_from_hf(hf_config)
+    return dict(
+        vocab_size=hf_config.vocab_size,
+        num_layers=hf_config.num_hidden_layers,
+        num_heads=hf_config.num_attention_heads,
+        embed_dim=hf_config.hidden_size,
+        mlp_dim=hf_config.intermediate_size,
+        max_len=hf_config.max_position_embeddings,
+        rope_theta=theta,
+        rope_scaling=scaling,
+        tie_embeddings=bool(hf_config.tie_word_embeddings),
+        init_std=hf_config.initializer_range,
+    )
+
+
+def _shared_fields_to_hf(config: TransformerConfig) -> dict[str, Any]:
+    """The inverse of `_shared_fields_from_hf` (RoPE excepted: see `_rope_to_hf`)."""
+    return dict(
+        vocab_size=config.vocab_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        hidden_size=config.embed_dim,
+        intermediate_size=config.mlp_dim,
+        max_position_embeddings=config.max_len,
+        tie_word_embeddings=config.tie_embeddings,
+        initializer_range=config.init_std,
+    )
+
+
 def config_from_hf(hf_config, **overrides) -> TransformerConfig:
     """A TransformerConfig from a transformers config object (or a dict from config.json).
 
@@ -103,47 +134,27 @@ def config_from_hf(hf_config, **overrides) -> TransformerConfig:
     if model_type == "gpt_neox":
         if hf_config.hidden_act not in _GPT2_ACTIVATIONS:
             raise ValueError(f"gpt_neox activation {hf_config.hidden_act!r} is not supported.")
-        theta, scaling = _rope_from_hf(hf_config)
-        fields = dict(
-            vocab_size=hf_config.vocab_size,
-            num_layers=hf_config.num_hidden_layers,
-            num_heads=hf_config.num_attention_heads,
-            embed_dim=hf_config.hidden_size,
-            mlp_dim=hf_config.intermediate_size,
-            max_len=hf_config.max_position_embeddings,
+        fields = _shared_fields_from_hf(hf_config)
+        fields.update(
             norm_eps=hf_config.layer_norm_eps,
             activation=_GPT2_ACTIVATIONS[hf_config.hidden_act],
-            rope_theta=theta,
-            rope_scaling=scaling,
             rotary_fraction=float(_rope_parameters(hf_config).get("partial_rotary_factor", 1.0)),
             parallel_residual=bool(hf_config.use_parallel_residual),
             qkv_bias=bool(hf_config.attention_bias),
             out_bias=bool(hf_config.attention_bias),
-            tie_embeddings=bool(hf_config.tie_word_embeddings),
-            init_std=hf_config.initializer_range,
         )
         fields.update(overrides)
         return TransformerConfig.gpt_neox(**fields)
     if model_type in ("llama", "mistral", "qwen2"):
         if hf_config.hidden_act not in _LLAMA_ACTIVATIONS:
             raise ValueError(f"{model_type} activation {hf_config.hidden_act!r} is not supported.")
-        theta, scaling = _rope_from_hf(hf_config)
-        fields = dict(
+        fields = _shared_fields_from_hf(hf_config)
+        fields.update(
             family=model_type,
-            vocab_size=hf_config.vocab_size,
-            num_layers=hf_config.num_hidden_layers,
-            num_heads=hf_config.num_attention_heads,
             num_kv_heads=hf_config.num_key_value_heads or hf_config.num_attention_heads,
             head_dim=getattr(hf_config, "head_dim", None),
-            embed_dim=hf_config.hidden_size,
-            mlp_dim=hf_config.intermediate_size,
-            max_len=hf_config.max_position_embeddings,
             norm_eps=hf_config.rms_norm_eps,
             activation=_LLAMA_ACTIVATIONS[hf_config.hidden_act],
-            rope_theta=theta,
-            rope_scaling=scaling,
-            tie_embeddings=bool(hf_config.tie_word_embeddings),
-            init_std=hf_config.initializer_range,
         )
         if model_type == "llama":
             fields.update(
@@ -238,19 +249,12 @@ def config_to_hf(config: TransformerConfig, **extra):
                 "num_kv_heads=num_heads and matching attention biases."
             )
         inverse = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
-        fields = dict(
-            vocab_size=config.vocab_size,
-            hidden_size=config.embed_dim,
-            intermediate_size=config.mlp_dim,
-            num_hidden_layers=config.num_layers,
-            num_attention_heads=config.num_heads,
-            max_position_embeddings=config.max_len,
+        fields = _shared_fields_to_hf(config)
+        fields.update(
             layer_norm_eps=config.norm_eps,
             hidden_act=inverse[config.activation],
             use_parallel_residual=config.parallel_residual,
             attention_bias=config.qkv_bias,
-            tie_word_embeddings=config.tie_embeddings,
-            initializer_range=config.init_std,
             rope_parameters=_rope_to_hf(config, partial_rotary_factor=config.rotary_fraction),
             architectures=["GPTNeoXForCausalLM"],
         )
@@ -261,19 +265,12 @@ def config_to_hf(config: TransformerConfig, **extra):
             raise ValueError(f"Cannot export as {fam}: partial rotary / parallel residual.")
         inverse = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
         rope = _rope_to_hf(config)
-        fields = dict(
-            vocab_size=config.vocab_size,
-            hidden_size=config.embed_dim,
-            intermediate_size=config.mlp_dim,
-            num_hidden_layers=config.num_layers,
-            num_attention_heads=config.num_heads,
+        fields = _shared_fields_to_hf(config)
+        fields.update(
             num_key_value_heads=config.num_kv_heads,
             head_dim=config.head_dim,
-            max_position_embeddings=config.max_len,
             rms_norm_eps=config.norm_eps,
             hidden_act=inverse[config.activation],
-            tie_word_embeddings=config.tie_embeddings,
-            initializer_range=config.init_std,
             rope_parameters=rope,
             architectures=[
                 {
