@@ -237,7 +237,9 @@ def make_sampler(
       rules: logical-axis rules for activation constraints (default `sharding.DEFAULT_RULES`).
 
     Returns:
-      fn(params, prompt_tokens_bp, prompt_mask_bp, rng) -> GenerationOutput.
+      fn(params, prompt_tokens_bp, prompt_mask_bp, rng) -> GenerationOutput. Compiled code cannot
+      raise on values: validate batches that did not come from `Tokenizer.encode_prompts` with
+      `check_prompts` first.
     """
 
     def fn(params, prompt_tokens_bp, prompt_mask_bp, rng):

@@ -203,13 +203,15 @@ def check_model_fits_mesh(config, mesh: Mesh, rules: LogicalRules = DEFAULT_RULE
 
 
 def put_on_mesh(tree: Any, shardings: Any) -> Any:
-    """Host arrays (the full, global value on every process) -> global jax.Arrays with `shardings`.
+    """Arrays -> global jax.Arrays with `shardings`.
 
-    Works on one or many processes: each process materialises only its addressable shards.
+    jax.Arrays are resharded on device. Host (numpy) arrays must hold the full, global value on
+    every process; each process then materialises only its addressable shards, so this works on one
+    or many processes.
     """
 
     def put(x, sharding):
-        if isinstance(x, jax.Array) and x.is_fully_addressable is False:
+        if isinstance(x, jax.Array):
             return jax.device_put(x, sharding)
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

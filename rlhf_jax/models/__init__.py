@@ -1,5 +1,6 @@
 """Model code: configuration, decoder, heads, KV cache and transformers conversion."""
 
+from rlhf_jax.models import hf
 from rlhf_jax.models.config import RopeScaling, TransformerConfig
 from rlhf_jax.models.heads import CausalLM, LMOutput, ScalarModel, ScalarOutput
 from rlhf_jax.models.kv_cache import KVCache, init_cache
@@ -14,6 +15,7 @@ __all__ = [
     "ScalarModel",
     "ScalarOutput",
     "TransformerConfig",
+    "hf",
     "init_cache",
     "positions_from_mask",
 ]
