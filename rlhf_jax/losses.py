@@ -1,0 +1,118 @@
+"""Pure loss functions. Each takes keyword-only arrays and returns `(loss, metrics)`.
+
+Metrics are `(sum, count)` pairs, so that masked means stay exact when they are summed over
+devices, micro-batches or steps. Divide only at the end (`metrics_mean`). A loss knows nothing about
+meshes or files. A step builder takes the loss function as an argument, and `LOSSES` maps names to
+functions so that a config can pick one, or a user can register their own.
+
+Log-probability convention, for the whole project:
+  `next_token_logprobs(logits_btv, tokens_bt)[:, t]` is log p(tokens[:, t + 1] | tokens[:, :t + 1]),
+  computed from float32 logits. The result has T - 1 columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+Metrics = dict[str, tuple[jax.Array, jax.Array]]
+LossFn = Callable[..., tuple[jax.Array, Metrics]]
+
+
+def next_token_logprobs(logits_btv: jax.Array, tokens_bt: jax.Array) -> jax.Array:
+    """float32 [B, T-1]: column t is log p(token t+1 | tokens <= t) (see module docstring)."""
+    logprobs_btv = jax.nn.log_softmax(logits_btv[:, :-1].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logprobs_btv, tokens_bt[:, 1:, None], axis=-1)[..., 0]
+
+
+def _masked_sum(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(x * mask), jnp.sum(mask)
+
+
+def metrics_mean(metrics: Metrics) -> dict[str, jax.Array]:
+    """(sum, count) pairs -> means (0 where the count is 0)."""
+    return {k: jnp.where(c > 0, s / jnp.maximum(c, 1), 0.0) for k, (s, c) in metrics.items()}
+
+
+def sft_loss(
+    *, logits_btv: jax.Array, tokens_bt: jax.Array, loss_mask_bt: jax.Array
+) -> tuple[jax.Array, Metrics]:
+    """Mean next-token negative log-likelihood over the target tokens.
+
+    Args:
+      logits_btv: [B, T, V] model logits over the sequence.
+      tokens_bt: int [B, T] prompt + response tokens.
+      loss_mask_bt: bool [B, T], True on the tokens to predict (the response, EOS included).
+        Column 0 is ignored, because nothing predicts the first token.
+
+    Returns:
+      (mean NLL per target token in nats, {"nll": (sum, count), "accuracy": (sum, count)}).
+    """
+    logprobs_bt = next_token_logprobs(logits_btv, tokens_bt)
+    target_mask_bt = loss_mask_bt[:, 1:]
+    nll_sum, count = _masked_sum(-logprobs_bt, target_mask_bt)
+    correct_bt = jnp.argmax(logits_btv[:, :-1], axis=-1) == tokens_bt[:, 1:]
+    metrics = {
+        "nll": (nll_sum, count),
+        "accuracy": _masked_sum(correct_bt.astype(jnp.float32), target_mask_bt),
+    }
+    return nll_sum / jnp.maximum(count, 1.0), metrics
+
+
+def preferences_from_ranking(ranks_bk: jax.Array, valid_bk: jax.Array) -> jax.Array:
+    """Preference matrix from ranks: bool [B, K, K], [b, i, j] = "i is preferred to j".
+
+    Args:
+      ranks_bk: int [B, K], 0 = best. Equal ranks are ties and give no pair.
+      valid_bk: bool [B, K], False on padding responses (prompts with fewer than K responses).
+    """
+    better_bkk = ranks_bk[:, :, None] < ranks_bk[:, None, :]
+    return better_bkk & valid_bk[:, :, None] & valid_bk[:, None, :]
+
+
+def ranking_loss(*, scores_bk: jax.Array, prefers_bkk: jax.Array) -> tuple[jax.Array, Metrics]:
+    """InstructGPT's K-wise reward-model loss, over all labelled pairs of each prompt.
+
+    loss(prompt) = -1/P * sum over labelled pairs (w, l) of log sigmoid(r_w - r_l), where P is the
+    number of labelled pairs (C(K, 2) for a total ranking without ties). The batch loss is the mean
+    over prompts that have at least one pair, so every prompt weighs the same whatever its K, as
+    in the paper. Every response is scored once, and all pairs of a prompt are one batch element.
+    Ties and unlabelled pairs have prefers[i, j] = prefers[j, i] = False and contribute nothing.
+    Labels need not be transitive.
+
+    Args:
+      scores_bk: float [B, K] reward of each response; padding responses may hold anything.
+      prefers_bkk: bool [B, K, K], [b, i, j] = response i preferred to response j.
+
+    Returns:
+      (loss, {"loss": per-prompt sum and count, "accuracy": (r_w > r_l) over pairs,
+       "margin": r_w - r_l over pairs}).
+    """
+    scores_bk = scores_bk.astype(jnp.float32)
+    margin_bkk = scores_bk[:, :, None] - scores_bk[:, None, :]
+    pairs_bkk = prefers_bkk.astype(jnp.float32)
+    pairs_b = jnp.sum(pairs_bkk, axis=(1, 2))
+    # Where there is no pair, the margin is replaced before log_sigmoid, so no inf or NaN can leak
+    # through the masked sum, even from garbage scores on padding.
+    safe_margin_bkk = jnp.where(prefers_bkk, margin_bkk, 0.0)
+    pair_loss_bkk = -jax.nn.log_sigmoid(safe_margin_bkk) * pairs_bkk
+    prompt_loss_b = jnp.sum(pair_loss_bkk, axis=(1, 2)) / jnp.maximum(pairs_b, 1.0)
+    has_pairs_b = pairs_b > 0
+    loss_sum, prompts = _masked_sum(prompt_loss_b, has_pairs_b)
+    metrics = {
+        "loss": (loss_sum, prompts),
+        "accuracy": _masked_sum((safe_margin_bkk > 0).astype(jnp.float32), prefers_bkk),
+        "margin": _masked_sum(safe_margin_bkk, prefers_bkk),
+    }
+    return loss_sum / jnp.maximum(prompts, 1.0), metrics
+
+
+# Name -> loss function. Configs refer to losses by name, and users add their own with
+# `LOSSES["my_loss"] = fn`, with no subclassing.
+LOSSES: dict[str, LossFn] = {
+    "sft_nll": sft_loss,
+    "kwise_ranking": ranking_loss,
+}

@@ -1,0 +1,111 @@
+"""Losses against hand-computed values and loop-based NumPy references."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax.losses import (
+    LOSSES,
+    metrics_mean,
+    next_token_logprobs,
+    preferences_from_ranking,
+    ranking_loss,
+    sft_loss,
+)
+
+
+def _log_sigmoid(x):
+    return -math.log1p(math.exp(-x))
+
+
+def test_next_token_logprob_convention():
+    # Column t scores token t+1 under the logits at position t.
+    logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]]]))
+    tokens = jnp.array([[0, 1, 2]])
+    np.testing.assert_allclose(
+        next_token_logprobs(logits, tokens), [[math.log(0.25), math.log(0.8)]], rtol=1e-6
+    )
+
+
+def test_sft_loss_is_response_only_mean_nll():
+    logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]]]))
+    tokens = jnp.array([[0, 1, 2]])
+    # Only token 2 (at index 2) is a response token: loss = -log p(2 | prefix) = -log 0.8.
+    loss, metrics = sft_loss(
+        logits_btv=logits, tokens_bt=tokens, loss_mask_bt=jnp.array([[True, False, True]])
+    )
+    np.testing.assert_allclose(loss, -math.log(0.8), rtol=1e-6)
+    assert float(metrics["nll"][1]) == 1.0
+    assert float(metrics_mean(metrics)["accuracy"]) == 1.0  # argmax at position 1 is token 2
+    loss_all, _ = sft_loss(logits_btv=logits, tokens_bt=tokens, loss_mask_bt=jnp.ones((1, 3), bool))
+    np.testing.assert_allclose(loss_all, -(math.log(0.25) + math.log(0.8)) / 2, rtol=1e-6)
+
+
+def _naive_ranking_loss(scores, prefers):
+    per_prompt = []
+    for b in range(scores.shape[0]):
+        terms = [
+            -_log_sigmoid(float(scores[b, i] - scores[b, j]))
+            for i, j in itertools.product(range(scores.shape[1]), repeat=2)
+            if prefers[b, i, j]
+        ]
+        if terms:
+            per_prompt.append(sum(terms) / len(terms))
+    return sum(per_prompt) / len(per_prompt)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kwise_loss_equals_mean_over_enumerated_pairs_with_variable_k(seed):
+    rng = np.random.default_rng(seed)
+    batch, k_max = 6, 9
+    ks = rng.integers(2, k_max + 1, batch)  # K = 2..9 responses per prompt
+    valid = np.arange(k_max)[None] < ks[:, None]
+    ranks = np.stack([rng.permutation(k_max) for _ in range(batch)])
+    scores = rng.normal(size=(batch, k_max)) * 2
+    scores[~valid] = 1e9  # garbage on padding must not matter
+    prefers = np.asarray(preferences_from_ranking(jnp.asarray(ranks), jnp.asarray(valid)))
+    for b in range(batch):
+        assert prefers[b].sum() == ks[b] * (ks[b] - 1) // 2  # C(K, 2) pairs
+    loss, metrics = ranking_loss(scores_bk=jnp.asarray(scores), prefers_bkk=jnp.asarray(prefers))
+    np.testing.assert_allclose(loss, _naive_ranking_loss(scores, prefers), rtol=1e-5)
+    assert np.isfinite(float(loss))
+    assert float(metrics["accuracy"][1]) == prefers.sum()
+
+
+def test_kwise_loss_reduces_to_pairwise_at_k2():
+    scores = jnp.array([[1.5, -0.3]])
+    prefers = jnp.array([[[False, True], [False, False]]])
+    loss, metrics = ranking_loss(scores_bk=scores, prefers_bkk=prefers)
+    np.testing.assert_allclose(loss, -_log_sigmoid(1.8), rtol=1e-6)
+    np.testing.assert_allclose(metrics_mean(metrics)["margin"], 1.8, rtol=1e-6)
+
+
+def test_ties_and_non_transitive_labels():
+    # Responses 0 and 1 tie (no pair); 0 > 2, 2 > 1 and 1 > 0 form a cycle (labels need not be
+    # transitive): all three labelled pairs count.
+    scores = jnp.array([[0.2, 0.5, -1.0]])
+    prefers = np.zeros((1, 3, 3), bool)
+    prefers[0, 0, 2] = prefers[0, 2, 1] = True
+    loss, _ = ranking_loss(scores_bk=scores, prefers_bkk=jnp.asarray(prefers))
+    expected = -(_log_sigmoid(1.2) + _log_sigmoid(-1.5)) / 2
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    tie = preferences_from_ranking(jnp.array([[0, 0, 1]]), jnp.ones((1, 3), bool))
+    assert not tie[0, 0, 1] and not tie[0, 1, 0] and tie[0, 0, 2] and tie[0, 1, 2]
+
+
+def test_prompt_without_pairs_is_excluded_not_nan():
+    scores = jnp.array([[1.0, 0.0], [jnp.nan, jnp.inf]])
+    prefers = jnp.array([[[False, True], [False, False]], [[False, False], [False, False]]])
+    loss, metrics = ranking_loss(scores_bk=scores, prefers_bkk=prefers)
+    np.testing.assert_allclose(loss, -_log_sigmoid(1.0), rtol=1e-6)
+    assert float(metrics["loss"][1]) == 1.0
+    grads = jax.grad(lambda s: ranking_loss(scores_bk=s, prefers_bkk=prefers)[0])(scores)
+    assert np.isfinite(np.asarray(grads)[0]).all()
+
+
+def test_registry_names_the_builtin_losses():
+    assert LOSSES["sft_nll"] is sft_loss and LOSSES["kwise_ranking"] is ranking_loss
