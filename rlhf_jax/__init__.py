@@ -3,7 +3,7 @@
 The public surface; submodules (`rlhf_jax.models.hf`, `rlhf_jax.sharding`, ...) hold the rest.
 """
 
-from rlhf_jax import sharding
+from rlhf_jax import losses, sharding
 from rlhf_jax.data import PromptBatch, Tokenizer, train_bpe_tokenizer
 from rlhf_jax.generation import (
     GenerationOutput,
@@ -25,6 +25,7 @@ __all__ = [
     "TransformerConfig",
     "check_prompts",
     "hf",
+    "losses",
     "make_sampler",
     "sample",
     "sharding",
