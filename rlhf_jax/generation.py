@@ -73,7 +73,7 @@ class GenerationOutput:
 class SamplingState:
     """The decode loop's carry."""
 
-    step: jax.Array  # int32 scalar, responses tokens produced so far
+    step: jax.Array  # int32 scalar, response tokens produced so far
     tokens_bn: jax.Array
     mask_bn: jax.Array
     logprobs_bn: jax.Array
