@@ -55,15 +55,8 @@ def hf_config(family: str, **overrides) -> transformers.PretrainedConfig:
         common.update(overrides)
         return transformers.Qwen2Config(**common)
     if family == "gpt_neox":  # Pythia: partial rotary, parallel residual, fused per-head qkv
-        fields = dict(
-            num_hidden_layers=2,
-            hidden_size=32,
-            num_attention_heads=4,
-            intermediate_size=48,
-            vocab_size=VOCAB,
-            max_position_embeddings=64,
-            bos_token_id=1,
-            eos_token_id=2,
+        fields = {k: v for k, v in common.items() if k != "num_key_value_heads"}
+        fields.update(
             rope_parameters={
                 "rope_type": "default",
                 "rope_theta": 10000.0,

@@ -67,35 +67,30 @@ def _rope_from_hf(hf) -> tuple[float, RopeScaling | None]:
     raise ValueError(f"RoPE type {kind!r} is not supported; supported: default, linear, llama3.")
 
 
+# (TransformerConfig field, transformers field) pairs that GPT-NeoX and the Llama family share;
+# read in both directions.
+_SHARED_FIELDS = (
+    ("vocab_size", "vocab_size"),
+    ("num_layers", "num_hidden_layers"),
+    ("num_heads", "num_attention_heads"),
+    ("embed_dim", "hidden_size"),
+    ("mlp_dim", "intermediate_size"),
+    ("max_len", "max_position_embeddings"),
+    ("tie_embeddings", "tie_word_embeddings"),
+    ("init_std", "initializer_range"),
+)
+
+
 def _shared_fields_from_hf(hf_config) -> dict[str, Any]:
-    """Fields that GPT-NeoX and the Llama family name the same way in transformers."""
     theta, scaling = _rope_from_hf(hf_config)
-    return dict(
-        vocab_size=hf_config.vocab_size,
-        num_layers=hf_config.num_hidden_layers,
-        num_heads=hf_config.num_attention_heads,
-        embed_dim=hf_config.hidden_size,
-        mlp_dim=hf_config.intermediate_size,
-        max_len=hf_config.max_position_embeddings,
-        rope_theta=theta,
-        rope_scaling=scaling,
-        tie_embeddings=bool(hf_config.tie_word_embeddings),
-        init_std=hf_config.initializer_range,
-    )
+    fields = {ours: getattr(hf_config, theirs) for ours, theirs in _SHARED_FIELDS}
+    fields["tie_embeddings"] = bool(fields["tie_embeddings"])
+    return dict(fields, rope_theta=theta, rope_scaling=scaling)
 
 
 def _shared_fields_to_hf(config: TransformerConfig) -> dict[str, Any]:
-    """The inverse of `_shared_fields_from_hf` (RoPE excepted: see `_rope_to_hf`)."""
-    return dict(
-        vocab_size=config.vocab_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        hidden_size=config.embed_dim,
-        intermediate_size=config.mlp_dim,
-        max_position_embeddings=config.max_len,
-        tie_word_embeddings=config.tie_embeddings,
-        initializer_range=config.init_std,
-    )
+    """RoPE excepted (see `_rope_to_hf`)."""
+    return {theirs: getattr(config, ours) for ours, theirs in _SHARED_FIELDS}
 
 
 def config_from_hf(hf_config, **overrides) -> TransformerConfig:
