@@ -1,7 +1,10 @@
 """Pure loss functions. Each takes keyword-only arrays and returns `(loss, metrics)`.
 
 Metrics are `(sum, count)` pairs, so that masked means stay exact when they are summed over
-devices, micro-batches or steps. Divide only at the end (`metrics_mean`). A loss knows nothing about
+devices, micro-batches or steps. Divide only at the end (`metrics_mean`). Contract for a loss used
+by a step builder: `metrics["loss"] = (sum, count)` with `loss == sum / count`, where `count`
+depends only on the batch (not on parameters); gradient accumulation weights micro-batches by it,
+so accumulating is exactly the full-batch gradient. A loss knows nothing about
 meshes or files. A step builder takes the loss function as an argument, and `LOSSES` maps names to
 functions so that a config can pick one, or a user can register their own.
 
@@ -49,13 +52,15 @@ def sft_loss(
         Column 0 is ignored, because nothing predicts the first token.
 
     Returns:
-      (mean NLL per target token in nats, {"nll": (sum, count), "accuracy": (sum, count)}).
+      (mean NLL per target token in nats, {"loss" and "nll": (sum, count), "accuracy": (sum,
+      count)}).
     """
     logprobs_bt = next_token_logprobs(logits_btv, tokens_bt)
     target_mask_bt = loss_mask_bt[:, 1:]
     nll_sum, count = _masked_sum(-logprobs_bt, target_mask_bt)
     correct_bt = jnp.argmax(logits_btv[:, :-1], axis=-1) == tokens_bt[:, 1:]
     metrics = {
+        "loss": (nll_sum, count),
         "nll": (nll_sum, count),
         "accuracy": _masked_sum(correct_bt.astype(jnp.float32), target_mask_bt),
     }

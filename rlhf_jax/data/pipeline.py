@@ -1,0 +1,266 @@
+"""grain pipelines: records -> fixed-shape token batches, deterministic from a seed.
+
+Sequence layout (one row per response): `[prefix ids] + prompt + response + [EOS]`, right-padded
+with the pad id to exactly `max_len` columns.
+
+Truncation rule (`SequenceSpec`):
+1. A prompt longer than `max_prompt_len` tokens keeps the tokenizer prefix (BOS) and its *last*
+   tokens, since the end of a prompt is what the response continues.
+2. A response that does not fit in what the prompt leaves of `max_len` is cut at the right (its EOS
+   is then lost).
+With `overlong="truncate"` (default) both are applied and counted per element (`truncated`); with
+"skip" an element that would need either is kept at weight 0 (all-False masks, `skipped` = 1),
+which keeps the shapes fixed and the data order unchanged; with "error" it raises a RecordError
+naming the record.
+
+Batches are dicts of numpy arrays with a leading batch axis. SFT: `tokens_bt`, `mask_bt`
+(attention), `loss_mask_bt` (response + EOS), `truncated_b`, `skipped_b`. Reward model:
+`tokens_bkt`, `mask_bkt`, `prefers_bkk` ([b, i, j] = response i preferred to j), `valid_bk`,
+`truncated_b`, `skipped_b`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from rlhf_jax.data.records import RecordError
+from rlhf_jax.data.tokenizer import Tokenizer
+
+OVERLONG_POLICIES = ("truncate", "skip", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceSpec:
+    """Fixed shapes and the over-long policy (see module docstring).
+
+    Attributes:
+      max_len: tokens per sequence (prompt + response), T.
+      max_prompt_len: prompt budget in tokens, including the prefix; must be < max_len.
+      max_responses: K budget for comparisons (prompts with fewer are padded with invalid rows).
+      overlong: "truncate", "skip" or "error".
+    """
+
+    max_len: int
+    max_prompt_len: int
+    max_responses: int = 2
+    overlong: str = "truncate"
+
+    def __post_init__(self):
+        if self.overlong not in OVERLONG_POLICIES:
+            raise ValueError(f"overlong={self.overlong!r}; expected one of {OVERLONG_POLICIES}.")
+        if not 0 < self.max_prompt_len < self.max_len:
+            raise ValueError(
+                f"max_prompt_len={self.max_prompt_len} must be in (0, max_len={self.max_len})."
+            )
+        if self.max_responses < 2:
+            raise ValueError(f"max_responses={self.max_responses} must be >= 2.")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def encode_pair(
+    tokenizer: Tokenizer, spec: SequenceSpec, prompt: str, response: str, record_id: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool]:
+    """One prompt + response -> (tokens_t, mask_t, loss_mask_t, truncated, overlong).
+
+    `overlong` says that the sequence needed truncation; `truncated` that it was truncated (only
+    under the "truncate" policy). Under "error" an over-long sequence raises RecordError.
+    """
+    prefix = list(tokenizer.prefix_ids)
+    prompt_ids = prefix + tokenizer.encode(prompt)
+    response_ids = tokenizer.encode(response) + [tokenizer.eos_id]
+    overlong = len(prompt_ids) > spec.max_prompt_len
+    if overlong:
+        prompt_ids = prefix + prompt_ids[len(prompt_ids) - spec.max_prompt_len + len(prefix) :]
+    room = spec.max_len - len(prompt_ids)
+    if len(response_ids) > room:
+        overlong = True
+        response_ids = response_ids[:room]
+    if overlong and spec.overlong == "error":
+        raise RecordError(
+            f"record {record_id}: sequence longer than max_len={spec.max_len} "
+            f"(max_prompt_len={spec.max_prompt_len}); raise the limits, or set "
+            "overlong='truncate' or 'skip'"
+        )
+    ids = prompt_ids + response_ids
+    tokens = np.full(spec.max_len, tokenizer.pad_id, np.int32)
+    tokens[: len(ids)] = ids
+    mask = np.zeros(spec.max_len, bool)
+    mask[: len(ids)] = True
+    loss_mask = np.zeros(spec.max_len, bool)
+    loss_mask[len(prompt_ids) : len(ids)] = True
+    truncated = overlong and spec.overlong == "truncate"
+    return tokens, mask, loss_mask, truncated, overlong
+
+
+def best_response(responses: Sequence[Any], pairs: np.ndarray) -> int:
+    """Index of the response with the most wins minus losses (lowest index on a tie)."""
+    score = np.zeros(len(responses), np.int64)
+    for winner, loser in np.asarray(pairs).reshape(-1, 2):
+        score[winner] += 1
+        score[loser] -= 1
+    return int(np.argmax(score))
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeDemonstration(grain.transforms.Map):
+    """Demonstration record (or comparison: its best response) -> SFT element."""
+
+    tokenizer: Tokenizer
+    spec: SequenceSpec
+
+    def map(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if "response" in record:
+            response = record["response"]
+        else:
+            response = record["responses"][best_response(record["responses"], record["pairs"])]
+        tokens, mask, loss_mask, truncated, overlong = encode_pair(
+            self.tokenizer,
+            self.spec,
+            _text(record["prompt"]),
+            _text(response),
+            _text(record.get("id", "?")),
+        )
+        skipped = overlong and self.spec.overlong == "skip"
+        if skipped:
+            mask[:] = False
+            loss_mask[:] = False
+        return {
+            "tokens_t": tokens,
+            "mask_t": mask,
+            "loss_mask_t": loss_mask,
+            "truncated": np.int32(truncated),
+            "skipped": np.int32(skipped),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeComparison(grain.transforms.Map):
+    """Comparison record -> reward-model element with K = spec.max_responses rows."""
+
+    tokenizer: Tokenizer
+    spec: SequenceSpec
+
+    def map(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        record_id = _text(record.get("id", "?"))
+        responses = [_text(r) for r in record["responses"]]
+        k_max, t = self.spec.max_responses, self.spec.max_len
+        if len(responses) > k_max:
+            raise RecordError(
+                f"record {record_id}: {len(responses)} responses but max_responses={k_max}"
+            )
+        tokens = np.full((k_max, t), self.tokenizer.pad_id, np.int32)
+        mask = np.zeros((k_max, t), bool)
+        valid = np.zeros(k_max, bool)
+        truncated = overlong = False
+        prompt = _text(record["prompt"])
+        for k, response in enumerate(responses):
+            tokens[k], mask[k], _, trunc_k, over_k = encode_pair(
+                self.tokenizer, self.spec, prompt, response, record_id
+            )
+            valid[k] = True
+            truncated |= trunc_k
+            overlong |= over_k
+        prefers = np.zeros((k_max, k_max), bool)
+        for winner, loser in np.asarray(record["pairs"]).reshape(-1, 2):
+            prefers[winner, loser] = True
+        skipped = overlong and self.spec.overlong == "skip"
+        if skipped:
+            mask[:] = False
+            valid[:] = False
+            prefers[:] = False
+        return {
+            "tokens_kt": tokens,
+            "mask_kt": mask,
+            "prefers_kk": prefers,
+            "valid_k": valid,
+            "truncated": np.int32(truncated),
+            "skipped": np.int32(skipped),
+        }
+
+
+def _rename_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Element names (tokens_t) -> batch names (tokens_bt)."""
+    renamed = {}
+    for key, value in batch.items():
+        if "_" in key:
+            name, axes = key.rsplit("_", 1)
+            renamed[f"{name}_b{axes}"] = value
+        else:
+            renamed[f"{key}_b"] = value
+    return renamed
+
+
+def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """Pads a short last batch with all-zero (weight 0) elements to `batch_size` rows."""
+    size = len(next(iter(batch.values())))
+    if size == batch_size:
+        return batch
+    return {
+        k: np.concatenate([v, np.zeros((batch_size - size, *v.shape[1:]), v.dtype)])
+        for k, v in batch.items()
+    }
+
+
+def make_dataset(
+    source: Sequence[Any],
+    transform: grain.transforms.Map,
+    *,
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    drop_remainder: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.MapDataset:
+    """Records -> this process's batches, as a grain MapDataset (random access, deterministic).
+
+    Args:
+      source: random-access records (a `tfds.data_source` split, or a list of dicts).
+      transform: `TokenizeDemonstration` or `TokenizeComparison`.
+      batch_size: global batch size; each of `process_count` processes gets an equal slice.
+      seed: shuffle seed; the order is reshuffled every epoch and depends on nothing else.
+      shuffle: False for evaluation.
+      num_epochs: None repeats forever.
+      drop_remainder: False keeps (and pads, see `pad_batch`) a short last batch.
+
+    Returns:
+      MapDataset of batches (dicts named as in the module docstring, `[batch_size / processes]`).
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if batch_size % process_count:
+        raise ValueError(f"batch_size={batch_size} does not divide over {process_count} processes.")
+    if len(source) == 0:
+        raise ValueError("The data source is empty.")
+    local_batch = batch_size // process_count
+    ds = grain.MapDataset.source(source)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    if num_epochs != 1:
+        ds = ds.repeat(num_epochs)
+    if process_count > 1:
+        ds = ds[process_index::process_count]
+    ds = ds.map(transform).batch(local_batch, drop_remainder=drop_remainder)
+    return ds.map(lambda b: pad_batch(_rename_batch(b), local_batch))
+
+
+def to_global_arrays(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """This process's slice of a batch -> global arrays sharded over the mesh's batch axes."""
+    from rlhf_jax.sharding import batch_sharding, put_batch
+
+    if jax.process_count() == 1:
+        return put_batch(batch, mesh)
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+        for k, v in batch.items()
+    }

@@ -1,0 +1,1 @@
+"""Training: optimizers, train state, pure step functions, checkpoints, metric writers."""

@@ -1,0 +1,264 @@
+"""SFT and reward-model steps: label masking, accumulation, one pass per response, sharding."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax import losses, sharding
+from rlhf_jax.models import CausalLM, ScalarModel, TransformerConfig
+from rlhf_jax.training import optim, reward, steps
+from rlhf_jax.training import state as state_lib
+
+T, V = 12, 40
+
+
+def tiny_config(**kw):
+    return TransformerConfig.gpt2(
+        vocab_size=V, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32, max_len=T, **kw
+    )
+
+
+def sft_batch(seed=0, batch=8):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, V, (batch, T)).astype(np.int32)
+    lengths = rng.integers(6, T + 1, batch)
+    prompt = rng.integers(2, 5, batch)
+    cols = np.arange(T)
+    mask = cols[None] < lengths[:, None]
+    loss_mask = mask & (cols[None] >= prompt[:, None])
+    tokens = np.where(mask, tokens, 0)
+    return {"tokens_bt": tokens, "mask_bt": mask, "loss_mask_bt": loss_mask}
+
+
+def rm_batch(seed=0, batch=8, k=4):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, V, (batch, k, T)).astype(np.int32)
+    lengths = rng.integers(4, T + 1, (batch, k))
+    valid = np.ones((batch, k), bool)
+    valid[::3, -1] = False  # some prompts have K = 3
+    mask = (np.arange(T)[None, None] < lengths[..., None]) & valid[..., None]
+    ranks = rng.integers(0, 3, (batch, k))
+    prefers = np.asarray(losses.preferences_from_ranking(jnp.asarray(ranks), jnp.asarray(valid)))
+    return {"tokens_bkt": tokens, "mask_bkt": mask, "prefers_bkk": prefers, "valid_bk": valid}
+
+
+def make_sft(config=None, grad_accum=1, loss_fn=losses.sft_loss):
+    model = CausalLM(config or tiny_config())
+    params, specs = state_lib.init_variables(model, T, seed=0)
+    tx = optim.make_optimizer(learning_rate=1e-2, warmup_steps=2, total_steps=10, weight_decay=0.1)
+    step = steps.make_train_step(steps.sft_forward(model, loss_fn), tx, grad_accum=grad_accum)
+    return model, params, specs, tx, step
+
+
+def make_rm(config=None):
+    model = ScalarModel(config or tiny_config())
+    params, specs = state_lib.init_variables(model, T, seed=1)
+    tx = optim.make_optimizer(learning_rate=1e-2, warmup_steps=2, total_steps=10)
+    step = steps.make_train_step(steps.reward_forward(model), tx)
+    return model, params, specs, tx, step
+
+
+def test_sft_loss_ignores_prompt_and_padding_labels():
+    model, params, _, _, _ = make_sft()
+    batch = sft_batch()
+    forward = steps.sft_forward(model)
+
+    def loss_and_grads(tokens_as_labels):
+        def loss_of_logits(logits):
+            loss, _ = losses.sft_loss(
+                logits_btv=logits, tokens_bt=tokens_as_labels, loss_mask_bt=batch["loss_mask_bt"]
+            )
+            return loss
+
+        logits = model.apply(params, batch["tokens_bt"], batch["mask_bt"]).logits_btv
+        return jax.value_and_grad(loss_of_logits)(logits)
+
+    # Labels (not inputs) perturbed at every non-target position: same loss, same gradient.
+    perturbed = np.where(batch["loss_mask_bt"], batch["tokens_bt"], (batch["tokens_bt"] + 7) % V)
+    loss_a, grad_a = loss_and_grads(batch["tokens_bt"])
+    loss_b, grad_b = loss_and_grads(perturbed)
+    np.testing.assert_allclose(loss_a, loss_b, rtol=0, atol=0)
+    np.testing.assert_allclose(grad_a, grad_b, rtol=0, atol=0)
+    # Perturbing a target label does change the gradient (the check can fail).
+    target = np.where(batch["loss_mask_bt"], (batch["tokens_bt"] + 7) % V, batch["tokens_bt"])
+    assert not np.allclose(loss_and_grads(target)[1], grad_a, atol=1e-4)
+
+    # Through the whole model: padding tokens (inputs and labels) change nothing.
+    def param_grads(b):
+        return jax.grad(lambda p: forward(p, b, jax.random.key(0), True)[0])(params)
+
+    padded = dict(batch, tokens_bt=np.where(batch["mask_bt"], batch["tokens_bt"], 13))
+    chex.assert_trees_all_close(param_grads(batch), param_grads(padded), atol=1e-7)
+
+
+def test_grad_accumulation_equals_full_batch():
+    _, params, _, tx, step1 = make_sft()
+    _, _, _, _, step4 = make_sft(grad_accum=4)
+    batch = sft_batch(batch=8)  # micro-batches have different numbers of target tokens
+    s1 = state_lib.create_state(params, tx, seed=0)
+    s4 = state_lib.create_state(params, tx, seed=0)
+    det = tiny_config()  # dropout 0: accumulation is exact
+    assert det.dropout_rate == 0.0
+    s1, m1 = jax.jit(step1)(s1, batch, jax.random.key(3))
+    s4, m4 = jax.jit(step4)(s4, batch, jax.random.key(3))
+    chex.assert_trees_all_close(s1.params, s4.params, atol=1e-6)
+    np.testing.assert_allclose(m1["loss"][0], m4["loss"][0], rtol=1e-5)
+    np.testing.assert_allclose(m1["loss"][1], m4["loss"][1])
+
+
+def test_dropout_is_used_in_training_only():
+    model, params, _, tx, step = make_sft(config=tiny_config(dropout_rate=0.2))
+    batch = sft_batch()
+    forward = steps.sft_forward(model)
+    train_a = forward(params, batch, jax.random.key(0), False)[0]
+    train_b = forward(params, batch, jax.random.key(1), False)[0]
+    eval_a = forward(params, batch, jax.random.key(0), True)[0]
+    eval_b = forward(params, batch, jax.random.key(1), True)[0]
+    assert float(train_a) != float(train_b)
+    assert float(eval_a) == float(eval_b)
+
+
+def test_user_loss_is_one_argument_away():
+    def doubled_nll(*, logits_btv, tokens_bt, loss_mask_bt):
+        loss, metrics = losses.sft_loss(
+            logits_btv=logits_btv, tokens_bt=tokens_bt, loss_mask_bt=loss_mask_bt
+        )
+        total, count = metrics["loss"]
+        return 2.0 * loss, {**metrics, "loss": (2.0 * total, count)}
+
+    _, params, _, tx, step = make_sft(loss_fn=doubled_nll)
+    _, _, _, _, plain = make_sft()
+    batch = sft_batch()
+    _, m = jax.jit(step)(state_lib.create_state(params, tx, 0), batch, jax.random.key(0))
+    _, m_plain = jax.jit(plain)(state_lib.create_state(params, tx, 0), batch, jax.random.key(0))
+    np.testing.assert_allclose(m["loss"][0], 2.0 * m_plain["loss"][0], rtol=1e-6)
+    np.testing.assert_allclose(m["grad_norm"][0], 2.0 * m_plain["grad_norm"][0], rtol=1e-5)
+
+
+def test_reward_step_scores_each_response_once():
+    config = tiny_config()
+    calls = []
+
+    class Recording(ScalarModel):
+        def __call__(self, tokens_bt, *args, **kwargs):
+            calls.append(tokens_bt.shape)
+            return super().__call__(tokens_bt, *args, **kwargs)
+
+    model = Recording(config)
+    params, _ = state_lib.init_variables(model, T, seed=0)
+    tx = optim.make_optimizer(learning_rate=1e-3, warmup_steps=1, total_steps=5)
+    step = steps.make_train_step(steps.reward_forward(model), tx)
+    batch = rm_batch(batch=8, k=4)
+    calls.clear()
+    state, metrics = jax.jit(step)(state_lib.create_state(params, tx, 0), batch, jax.random.key(0))
+    assert calls == [(8 * 4, T)]  # one model call, every response of every prompt once
+    pairs = int(np.sum(batch["prefers_bkk"]))
+    assert float(metrics["accuracy"][1]) == pairs
+    assert float(metrics["loss"][1]) == int(np.sum(np.any(batch["prefers_bkk"], axis=(1, 2))))
+
+
+def test_reward_scores_match_manual_last_token():
+    model, params, _, _, _ = make_rm()
+    batch = rm_batch(batch=2, k=3)
+    scores = steps.reward_scores(model, params, batch["tokens_bkt"], batch["mask_bkt"])
+    chex.assert_shape(scores, (2, 3))
+    for b in range(2):
+        for k in range(3):
+            if not batch["mask_bkt"][b, k].any():
+                continue
+            n = int(batch["mask_bkt"][b, k].sum())
+            alone = model.apply(params, batch["tokens_bkt"][b, k, None, :n]).scores_bt[0, -1]
+            np.testing.assert_allclose(scores[b, k], alone, atol=1e-5)
+
+
+def test_nonfinite_loss_skips_the_update():
+    def nan_loss(**kwargs):
+        loss, metrics = losses.sft_loss(**kwargs)
+        return loss * jnp.nan, {
+            **metrics,
+            "loss": (metrics["loss"][0] * jnp.nan, metrics["loss"][1]),
+        }
+
+    _, params, _, tx, step = make_sft(loss_fn=nan_loss)
+    state = state_lib.create_state(params, tx, seed=0)
+    new_state, metrics = jax.jit(step)(state, sft_batch(), jax.random.key(0))
+    assert float(metrics["nonfinite"][0]) == 1.0
+    chex.assert_trees_all_equal(new_state.params, params)
+    assert int(new_state.step) == 1
+
+
+def test_reward_bias_normalisation():
+    model, params, _, _, _ = make_rm()
+    batch = sft_batch()
+    score = jax.jit(reward.make_demonstration_scorer(model))
+    mean = reward.mean_reference_reward(score, params, [batch])
+    shifted = reward.shift_reward_bias(params, mean)
+    assert abs(reward.mean_reference_reward(score, shifted, [batch])) < 1e-5
+    assert abs(mean) > 1e-4  # the check is not vacuous
+
+
+def test_reward_params_from_lm_keep_the_decoder():
+    lm = CausalLM(tiny_config())
+    lm_params, _ = state_lib.init_variables(lm, T, seed=5)
+    _, rm_params, _, _, _ = make_rm()
+    merged = reward.reward_params_from_lm(lm_params, rm_params)
+    chex.assert_trees_all_equal(merged["params"]["decoder"], lm_params["params"]["decoder"])
+    chex.assert_trees_all_equal(merged["params"]["head"], rm_params["params"]["head"])
+    chex.assert_trees_all_equal_structs(merged, rm_params)
+
+
+def _run_steps(make, batches, mesh):
+    model, params, specs, tx, step = make()
+    state = state_lib.create_state(params, tx, seed=0)
+    if mesh is not None:
+        param_shardings = sharding.logical_shardings(specs, mesh, shapes=params)
+        shardings = state_lib.state_shardings(param_shardings, tx, params, mesh)
+        state = sharding.put_on_mesh(state, shardings)
+        jitted = steps.jit_train_step(step, mesh, shardings)
+        batches = [sharding.put_batch(b, mesh) for b in batches]
+    else:
+        jitted = jax.jit(step)
+    history = []
+    for b in batches:
+        state, metrics = jitted(state, b, state_lib.step_rng(state))
+        history.append(float(metrics["loss"][0]))
+    return jax.device_get(state), history
+
+
+@pytest.mark.parametrize("kind", ["sft", "rm"])
+def test_sharded_steps_equal_single_device(kind):
+    config = tiny_config(dropout_rate=0.1)  # dropout masks must agree across layouts too
+    if kind == "sft":
+        make = lambda: make_sft(config=config, grad_accum=2)  # noqa: E731
+        batches = [sft_batch(seed=s) for s in range(3)]
+    else:
+        # Llama family: no norm or key biases. Those have zero true gradient under a loss that sees
+        # only reward differences (or softmax-shift invariance), so Adam turns round-off in them
+        # into O(lr) updates that legitimately differ between reduction orders.
+        llama = TransformerConfig.llama(
+            vocab_size=V,
+            num_layers=2,
+            num_heads=2,
+            num_kv_heads=2,
+            embed_dim=16,
+            mlp_dim=32,
+            max_len=T,
+            dropout_rate=0.1,
+        )
+        make = lambda: make_rm(config=llama)  # noqa: E731
+        batches = [rm_batch(seed=s) for s in range(3)]
+    single, single_losses = _run_steps(make, batches, None)
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    sharded, sharded_losses = _run_steps(make, batches, mesh)
+    np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5)
+    chex.assert_trees_all_close(sharded.params, single.params, atol=1e-5)
+    chex.assert_trees_all_close(sharded.opt_state, single.opt_state, atol=1e-5)
+    assert int(sharded.step) == 3
+    # The runs moved the params (the comparison is not between two untouched inits).
+    _, init, _, _, _ = make()
+    assert not np.allclose(
+        single.params["params"]["decoder"]["layer_0"]["mlp"]["up"]["kernel"],
+        init["params"]["decoder"]["layer_0"]["mlp"]["up"]["kernel"],
+    )
