@@ -20,6 +20,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -93,7 +94,7 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             try:
                 yield line_no, json.loads(line.decode("utf-8"))
             except UnicodeDecodeError as e:
-                yield line_no, RecordError(f"line is not UTF-8 ({e.reason} at byte {e.start})")
+                yield line_no, RecordError(f"not UTF-8 ({e.reason} at byte {e.start})")
             except json.JSONDecodeError as e:
                 yield line_no, RecordError(f"malformed JSON ({e.msg} at column {e.colno})")
 
@@ -129,7 +130,7 @@ def read_records(
         except RecordError as e:
             if not skip_bad:
                 raise RecordError(f"{name}: record {number}: {e}") from None
-            stats.skip(str(e).split(" (")[0][:80])
+            stats.skip(re.split(r": | \(", str(e), maxsplit=1)[0])
             continue
         for i, record in enumerate(parsed):
             record_id = f"{name}:{number}" if len(parsed) == 1 else f"{name}:{number}.{i}"

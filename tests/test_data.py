@@ -1,0 +1,334 @@
+"""Records, TFDS builders and grain pipelines, on data the tests write (and the shared files)."""
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlhf_jax.data import pipeline, records, sources
+from rlhf_jax.data.tokenizer import train_bpe_tokenizer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_shared = pytest.mark.skipif(
+    not SHARED.exists(), reason="../shared/data is absent (only this workspace ships it)"
+)
+
+
+def write_jsonl(path, rows, *, raw_lines=()):
+    with open(path, "wb") as f:
+        for row in rows:
+            f.write((json.dumps(row) + "\n").encode())
+        for line in raw_lines:
+            f.write(line + b"\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    corpus = [f"Human: question {i}? Assistant: answer number {i}." for i in range(200)]
+    return train_bpe_tokenizer(corpus, vocab_size=300)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers and bad input
+# ---------------------------------------------------------------------------------------------
+
+GOOD_RANKING = {"prompt": "p", "responses": ["a", "b", "c"], "ranking": [1, 0, 2]}
+
+BAD_RECORDS = [
+    ({"prompt": "p", "responses": ["a", "b"]}, "missing field 'ranking'"),
+    ({"prompt": "p", "chosen": "a", "rejected": "  "}, "field 'rejected' is empty"),
+    ({"prompt": "p", "responses": ["a", ""], "ranking": [0, 1]}, "response 1 is empty"),
+    ({"prompt": "p", "responses": ["a"], "ranking": [0]}, "K >= 2"),
+    ({"prompt": "p", "responses": ["a", "b", "c"], "ranking": [1, 1, 1]}, "all tied"),
+    ({"prompt": "p", "responses": ["a", "b"], "ranking": [0]}, "2 responses but 1 ranks"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_RECORDS)
+def test_bad_comparison_names_file_and_record(tmp_path, bad, message):
+    path = write_jsonl(tmp_path / "mine.jsonl", [GOOD_RANKING, bad])
+    with pytest.raises(records.RecordError, match=rf"mine\.jsonl: record 2: .*{message}"):
+        list(records.read_records(path, records.parse_ranking))
+    stats = records.ReadStats()
+    kept = list(records.read_records(path, records.parse_ranking, skip_bad=True, stats=stats))
+    assert len(kept) == 1 and stats.read == 2 and sum(stats.skipped.values()) == 1
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [(b'{"prompt": "p", "response": "r"', "malformed JSON"), (b"\xff\xfe{}", "not UTF-8")],
+)
+def test_malformed_lines_name_file_and_line(tmp_path, line, message):
+    path = write_jsonl(
+        tmp_path / "demos.jsonl", [{"prompt": "p", "response": "r"}], raw_lines=[line]
+    )
+    with pytest.raises(records.RecordError, match=rf"demos\.jsonl: record 2: {message}"):
+        list(records.read_records(path, records.parse_demonstration))
+    stats = records.ReadStats()
+    kept = list(records.read_records(path, records.parse_demonstration, skip_bad=True, stats=stats))
+    assert [r["id"] for r in kept] == ["demos.jsonl:1"] and stats.skipped
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        list(records.read_records(tmp_path / "nope.jsonl", records.parse_ranking))
+
+
+def test_ranking_pairs_skip_ties_and_chosen_rejected():
+    (rec,) = records.parse_ranking(
+        {"prompt": "p", "responses": list("abcd"), "ranking": [0, 1, 1, 2]}
+    )
+    assert sorted(rec["pairs"]) == [(0, 1), (0, 2), (0, 3), (1, 3), (2, 3)]  # 1 and 2 tie
+    (rec,) = records.parse_ranking({"prompt": "p", "chosen": "a", "rejected": "b"})
+    assert rec["responses"] == ["a", "b"] and rec["pairs"] == [(0, 1)]
+
+
+def test_hh_split_at_common_prefix_when_reply_contains_turn_marker():
+    prompt = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: list words"
+    chosen = prompt + "\n\nAssistant: Sure.\n\nAssistant: and more"
+    rejected = prompt + "\n\nAssistant: No."
+    # Splitting each string at its own last marker would give the two different prompts.
+    assert chosen.rsplit("\n\nAssistant:", 1)[0] != rejected.rsplit("\n\nAssistant:", 1)[0]
+    (rec,) = records.parse_hh({"chosen": chosen, "rejected": rejected})
+    assert rec["prompt"] == prompt + "\n\nAssistant:"
+    assert rec["responses"] == [" Sure.\n\nAssistant: and more", " No."]
+
+
+def test_qa_feedback_labels_to_pairs():
+    raw = {
+        "question": "q?",
+        "passages": [["Title", "One.", "Two."]],
+        **{f"prediction {i}": f"answer {i}" for i in range(1, 5)},
+        "preference": [0, 1, 2, 1, 0, 2],  # 1v2 tie, 1>3, 4>1, 2>3, 2v4 tie, 4>3
+    }
+    (rec,) = records.parse_qa_feedback(raw)
+    assert rec["pairs"] == [(0, 2), (3, 0), (1, 2), (3, 2)]
+    assert rec["prompt"] == "question: q? context: wikipage: Title text: One. Two. answer:"
+    with pytest.raises(records.RecordError, match="all tied"):
+        records.parse_qa_feedback({**raw, "preference": [0] * 6})
+
+
+def test_alpaca_and_self_instruct_shapes():
+    (demo,) = records.parse_alpaca({"instruction": "Add.", "input": "1+1", "output": "2"})
+    assert "### Input:\n1+1" in demo["prompt"] and demo["response"] == "2"
+    seed = {
+        "instruction": "Say hi.",
+        "instances": [{"input": "", "output": "hi"}, {"output": "yo"}],
+    }
+    demos = records.parse_alpaca(seed)
+    assert len(demos) == 2 and "### Input" not in demos[0]["prompt"]
+
+
+@needs_shared
+def test_shared_hh_five_records_with_markers_in_replies():
+    path = SHARED / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+    tricky = []
+    with gzip.open(path, "rt") as f:
+        for number, line in enumerate(f, start=1):
+            row = json.loads(line)
+            c, r = row["chosen"], row["rejected"]
+            if c[: c.rfind("\n\nAssistant:")] != r[: r.rfind("\n\nAssistant:")]:
+                tricky.append((number, row))
+    assert len(tricky) == 5
+    for _, row in tricky:
+        (rec,) = records.parse_hh(row)
+        assert row["chosen"] == rec["prompt"] + rec["responses"][0]
+        assert row["rejected"] == rec["prompt"] + rec["responses"][1]
+        assert rec["prompt"].endswith("\n\nAssistant:")
+    stats = records.ReadStats()
+    kept = list(records.read_records(path, records.parse_hh, skip_bad=True, stats=stats))
+    # 4 records have an empty chosen reply; they are counted, not silently dropped.
+    assert (stats.read, len(kept), stats.skipped) == (2312, 2308, {"response 0 is empty": 4})
+
+
+@needs_shared
+def test_shared_qa_feedback_counts():
+    path = SHARED / "finegrained-rlhf-qa-feedback" / "dev_feedback.json"
+    stats = records.ReadStats()
+    kept = list(records.read_records(path, records.parse_qa_feedback, skip_bad=True, stats=stats))
+    assert sum(len(r["pairs"]) for r in kept) == 2616  # the README's strict comparisons
+    assert len(kept) + sum(stats.skipped.values()) == 500
+
+
+# ---------------------------------------------------------------------------------------------
+# TFDS builders
+# ---------------------------------------------------------------------------------------------
+
+
+def test_jsonl_builder_round_trip(tmp_path):
+    rows = [
+        {
+            "prompt": f"p{i}",
+            "responses": ["a", "b", "c"][: 2 + i % 2],
+            "ranking": [1, 0, 2][: 2 + i % 2],
+        }
+        for i in range(6)
+    ]
+    path = write_jsonl(tmp_path / "cmp.jsonl", rows)
+    source = sources.open_source(
+        "jsonl/mine",
+        "train",
+        data_dir=tmp_path / "tfds",
+        jsonl_kind="comparisons",
+        jsonl_files={"train": str(path)},
+    )
+    assert len(source) == 6
+    got = sorted((r["id"].decode(), r["pairs"].tolist()) for r in (source[i] for i in range(6)))
+    assert got[0] == ("cmp.jsonl:1", [[1, 0]])
+    assert got[1] == ("cmp.jsonl:2", [[0, 2], [1, 0], [1, 2]])
+
+
+def test_jsonl_builder_bad_record_stops_or_counts(tmp_path):
+    path = write_jsonl(tmp_path / "cmp.jsonl", [GOOD_RANKING, {"prompt": "p", "responses": ["a"]}])
+    kwargs = dict(jsonl_kind="comparisons", jsonl_files={"train": str(path)})
+    with pytest.raises(Exception, match=r"cmp\.jsonl: record 2: missing field 'ranking'"):
+        sources.open_source("jsonl/bad", "train", data_dir=tmp_path / "a", **kwargs)
+    source = sources.open_source(
+        "jsonl/bad", "train", data_dir=tmp_path / "b", skip_bad_records=True, **kwargs
+    )
+    assert len(source) == 1
+    assert source.dataset_info.metadata["skipped"] == {"missing field 'ranking'": 1}
+
+
+@needs_shared
+def test_anthropic_hh_builder_from_manual_dir(tmp_path):
+    source = sources.open_source(
+        "anthropic_hh/harmless-base",
+        "test",
+        data_dir=tmp_path,
+        manual_dir=SHARED / "hh-rlhf",
+        skip_bad_records=True,
+    )
+    assert len(source) == 2308
+    record = source[0]
+    assert record["prompt"].decode().endswith("\n\nAssistant:")
+    assert record["pairs"].tolist() == [[0, 1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines
+# ---------------------------------------------------------------------------------------------
+
+
+def comparisons(n=10):
+    return [
+        {
+            "id": f"r{i}",
+            "prompt": f"Human: question {i}?",
+            "responses": [f" answer number {i}.", " no", " maybe"][: 2 + i % 2],
+            "pairs": np.array([[0, 1]] + ([[2, 1]] if i % 2 else []), np.int32),
+        }
+        for i in range(n)
+    ]
+
+
+def test_comparison_batch_layout(tokenizer):
+    spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=12, max_responses=3)
+    ds = pipeline.make_dataset(
+        comparisons(),
+        pipeline.TokenizeComparison(tokenizer, spec),
+        batch_size=4,
+        seed=0,
+        shuffle=False,
+    )
+    batch = ds[0]
+    assert batch["tokens_bkt"].shape == (4, 3, 24) and batch["prefers_bkk"].shape == (4, 3, 3)
+    assert batch["valid_bk"].tolist()[:2] == [[True, True, False], [True, True, True]]
+    row = batch["tokens_bkt"][1, 0][batch["mask_bkt"][1, 0]]
+    assert tokenizer.decode(row.tolist()) == "Human: question 1? answer number 1."
+    assert row[-1] == tokenizer.eos_id
+    assert batch["prefers_bkk"][1].tolist() == [[0, 1, 0], [0, 0, 0], [0, 1, 0]]
+
+
+def test_truncation_rule_is_counted(tokenizer):
+    long_prompt = "Human: " + " ".join(f"question {i}?" for i in range(30))
+    record = {"id": "x", "prompt": long_prompt, "response": " answer number 3."}
+    spec = pipeline.SequenceSpec(max_len=16, max_prompt_len=8)
+    element = pipeline.TokenizeDemonstration(tokenizer, spec).map(record)
+    assert element["truncated"] == 1 and element["skipped"] == 0
+    prompt_ids = tokenizer.encode(long_prompt)
+    np.testing.assert_array_equal(element["tokens_t"][:8], prompt_ids[-8:])  # the prompt's end
+    response_len = len(tokenizer.encode(" answer number 3.")) + 1  # + EOS
+    expected = np.zeros(16, bool)
+    expected[8 : 8 + response_len] = True
+    np.testing.assert_array_equal(element["loss_mask_t"], expected)
+    # A response longer than what the prompt leaves is cut at the right.
+    long = pipeline.TokenizeDemonstration(tokenizer, spec).map({**record, "response": long_prompt})
+    assert long["loss_mask_t"][8:].all() and long["tokens_t"][-1] != tokenizer.eos_id
+
+    skip = pipeline.TokenizeDemonstration(tokenizer, pipeline.SequenceSpec(16, 8, overlong="skip"))
+    skipped = skip.map(record)
+    assert (
+        skipped["skipped"] == 1 and not skipped["mask_t"].any() and not skipped["loss_mask_t"].any()
+    )
+
+    error = pipeline.TokenizeDemonstration(
+        tokenizer, pipeline.SequenceSpec(16, 8, overlong="error")
+    )
+    with pytest.raises(records.RecordError, match="record x: sequence longer than max_len=16"):
+        error.map(record)
+    fits = error.map({"id": "y", "prompt": "Human: hi", "response": " yo"})
+    assert fits["truncated"] == 0
+
+
+def test_pipeline_is_deterministic_and_resumable(tokenizer):
+    spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=12, max_responses=3)
+    make = lambda seed: pipeline.make_dataset(  # noqa: E731
+        comparisons(10), pipeline.TokenizeComparison(tokenizer, spec), batch_size=4, seed=seed
+    )
+    first = [make(0)[i]["tokens_bkt"] for i in range(6)]
+    again = [make(0)[i]["tokens_bkt"] for i in range(6)]
+    other = [make(1)[i]["tokens_bkt"] for i in range(6)]
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    # Iterator state round trip: resume after 3 batches gives batches 3, 4, 5.
+    iterator = iter(make(0).to_iter_dataset())
+    for _ in range(3):
+        next(iterator)
+    state = iterator.get_state()
+    resumed = iter(make(0).to_iter_dataset())
+    resumed.set_state(state)
+    for i in range(3, 6):
+        np.testing.assert_array_equal(next(resumed)["tokens_bkt"], first[i])
+
+
+def test_processes_get_disjoint_slices(tokenizer):
+    spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=12)
+    transform = pipeline.TokenizeDemonstration(tokenizer, spec)
+    data = [{"id": str(i), "prompt": f"Human: question {i}?", "response": " yo"} for i in range(8)]
+    whole = pipeline.make_dataset(data, transform, batch_size=4, seed=0)[0]["tokens_bt"]
+    parts = [
+        pipeline.make_dataset(
+            data, transform, batch_size=4, seed=0, process_index=p, process_count=2
+        )[0]["tokens_bt"]
+        for p in range(2)
+    ]
+    assert parts[0].shape == (2, 24)
+    assert sorted(map(tuple, np.concatenate(parts))) == sorted(map(tuple, whole))
+
+
+def test_eval_pads_last_batch_with_weightless_rows(tokenizer):
+    spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=12)
+    data = [{"id": str(i), "prompt": "Human: hi", "response": " yo"} for i in range(5)]
+    ds = pipeline.make_dataset(
+        data,
+        pipeline.TokenizeDemonstration(tokenizer, spec),
+        batch_size=4,
+        seed=0,
+        shuffle=False,
+        num_epochs=1,
+        drop_remainder=False,
+    )
+    assert len(ds) == 2
+    last = ds[1]
+    assert last["tokens_bt"].shape == (4, 24)
+    assert last["loss_mask_bt"].any(axis=1).tolist() == [True, False, False, False]
+
+
+def test_too_many_responses_is_an_error(tokenizer):
+    spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=12, max_responses=2)
+    with pytest.raises(records.RecordError, match="record r1: 3 responses but max_responses=2"):
+        pipeline.TokenizeComparison(tokenizer, spec).map(comparisons(2)[1])
