@@ -1,0 +1,246 @@
+"""What `experiments.sft` and `experiments.reward` share: config -> tokenizer, data, model, mesh,
+train state (fresh or resumed), and the loop. Everything a run writes goes under its workdir:
+
+  workdir/config.json        the resolved config
+  workdir/tokenizer/         the tokenizer (trained locally, or copied from the checkpoint used)
+  workdir/checkpoints/<step> orbax checkpoints (state, data-iterator position, metadata)
+  workdir/metrics.jsonl      train/ and eval/ scalars; workdir/tensorboard/ the same as events
+  workdir/metrics.png        curves of the main scalars
+  workdir/model/             the final model
+  workdir/summary.json       the final figures (also printed as one JSON line)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from rlhf_jax import sharding
+from rlhf_jax.data import pipeline, sources
+from rlhf_jax.data.tokenizer import Tokenizer, train_bpe_tokenizer
+from rlhf_jax.models import TransformerConfig
+from rlhf_jax.training import optim, steps
+from rlhf_jax.training import state as state_lib
+from rlhf_jax.training.checkpoint import Checkpointer, abstract_like
+from rlhf_jax.training.loop import LoopConfig, LoopResult, train_loop
+from rlhf_jax.training.metrics_writer import MetricWriter, plot_metrics
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_path(path: str | None) -> str | None:
+    """Relative paths in configs are relative to the repository root (so that the shipped configs
+    find ../shared from any working directory)."""
+    if not path:
+        return None
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(REPO_ROOT, path))
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+
+def open_split(data: ml_collections.ConfigDict, split: str):
+    """The configured dataset's `split` as a random-access source."""
+    return sources.open_source(
+        data.name,
+        split,
+        data_dir=resolve_path(data.get("data_dir")) or os.path.expanduser("~/tensorflow_datasets"),
+        manual_dir=resolve_path(data.get("manual_dir")),
+        skip_bad_records=data.get("skip_bad_records", False),
+        jsonl_kind=data.get("jsonl_kind"),
+        jsonl_files=dict(data.jsonl_files) if data.get("jsonl_files") else None,
+    )
+
+
+def record_texts(source, limit: int = 20000) -> list[str]:
+    """Prompt and response texts of up to `limit` records (a tokenizer-training corpus)."""
+    texts = []
+    for i in range(min(len(source), limit)):
+        record = source[i]
+        texts.append(pipeline._text(record["prompt"]))
+        if "response" in record:
+            texts.append(pipeline._text(record["response"]))
+        else:
+            texts.extend(pipeline._text(r) for r in record["responses"])
+    return texts
+
+
+def load_tokenizer(config: ml_collections.ConfigDict, workdir: str, corpus: Callable[[], list]):
+    """The tokenizer of this run: workdir/tokenizer when resuming, else `config.tokenizer.path`
+    (a directory or hub id), else one trained locally on `corpus()` with the `tokenizers` library.
+    It is always saved to workdir/tokenizer."""
+    saved = os.path.join(workdir, "tokenizer")
+    eos = config.tokenizer.get("eos_token") or None
+    if os.path.isdir(saved):
+        tokenizer = Tokenizer.from_pretrained(saved, eos_token=eos)
+    elif config.tokenizer.get("path"):
+        path = resolve_path(config.tokenizer.path)
+        tokenizer = Tokenizer.from_pretrained(
+            path if os.path.exists(path) else config.tokenizer.path, eos_token=eos
+        )
+    else:
+        tokenizer = train_bpe_tokenizer(corpus(), vocab_size=config.tokenizer.vocab_size)
+    tokenizer.save_pretrained(saved)
+    return tokenizer
+
+
+def scratch_model_config(model: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
+    """A from-scratch TransformerConfig of family `model.family` and the configured sizes."""
+    make = getattr(TransformerConfig, model.family)
+    return make(
+        vocab_size=vocab_size,
+        num_layers=model.num_layers,
+        num_heads=model.num_heads,
+        embed_dim=model.embed_dim,
+        mlp_dim=model.mlp_dim,
+        max_len=model.max_len,
+        dropout_rate=model.dropout_rate,
+    )
+
+
+def sequence_spec(data: ml_collections.ConfigDict) -> pipeline.SequenceSpec:
+    return pipeline.SequenceSpec(
+        max_len=data.max_len,
+        max_prompt_len=data.max_prompt_len,
+        max_responses=data.get("max_responses", 2),
+        overlong=data.get("overlong", "truncate"),
+    )
+
+
+def mesh_from(config: ml_collections.ConfigDict):
+    return sharding.make_mesh(
+        data=config.mesh.get("data", -1),
+        fsdp=config.mesh.get("fsdp", 1),
+        tensor=config.mesh.get("tensor", 1),
+    )
+
+
+@dataclasses.dataclass
+class Run:
+    """A prepared run: what `train` needs, after restoring from a checkpoint if there is one."""
+
+    state: state_lib.TrainState
+    param_shardings: Any
+    train_step: Callable
+    train_iter: Any
+    checkpointer: Checkpointer
+    writer: MetricWriter
+    mesh: Any
+    resumed_from: int | None
+
+
+def prepare_run(
+    *,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    model,
+    params: Any,
+    logical_specs: Any,
+    forward: steps.Forward,
+    train_dataset,
+) -> Run:
+    """Places params on the mesh, builds the optimizer, jitted step and data iterator, and resumes
+    from the newest checkpoint in workdir/checkpoints when there is one."""
+    mesh = mesh_from(config)
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.train.batch_size % (batch_ways * config.train.grad_accum):
+        raise ValueError(
+            f"train.batch_size={config.train.batch_size} must be a multiple of data x fsdp "
+            f"({batch_ways}) x grad_accum ({config.train.grad_accum})."
+        )
+    param_shardings = sharding.logical_shardings(logical_specs, mesh, shapes=params)
+    tx = optim.make_optimizer(
+        learning_rate=config.optim.learning_rate,
+        warmup_steps=config.optim.warmup_steps,
+        total_steps=config.train.num_steps,
+        weight_decay=config.optim.weight_decay,
+        b1=config.optim.b1,
+        b2=config.optim.b2,
+        clip_norm=config.optim.clip_norm,
+    )
+    shardings = state_lib.state_shardings(param_shardings, tx, params, mesh)
+    state = sharding.put_on_mesh(state_lib.create_state(params, tx, config.seed), shardings)
+    step = steps.make_train_step(forward, tx, grad_accum=config.train.grad_accum)
+    train_step = steps.jit_train_step(step, mesh, shardings)
+    train_iter = iter(train_dataset.to_iter_dataset())
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
+    )
+    restored = checkpointer.restore(abstract_like(state, shardings), train_iter)
+    resumed_from = None
+    if restored is not None:
+        state, meta = restored
+        resumed_from = int(state.step)
+        print(f"Resumed from {checkpointer.directory} at step {resumed_from}.", flush=True)
+    writer = MetricWriter(workdir, resume_step=resumed_from if resumed_from is not None else 0)
+    return Run(
+        state=state,
+        param_shardings=param_shardings,
+        train_step=train_step,
+        train_iter=train_iter,
+        checkpointer=checkpointer,
+        writer=writer,
+        mesh=mesh,
+        resumed_from=resumed_from,
+    )
+
+
+def train(
+    run: Run,
+    config: ml_collections.ConfigDict,
+    *,
+    evaluate: Callable | None,
+    tokens_in_batch: Callable[[dict], int],
+) -> LoopResult:
+    result = train_loop(
+        state=run.state,
+        train_step=run.train_step,
+        train_iter=run.train_iter,
+        place_batch=lambda b: pipeline.to_global_arrays(b, run.mesh),
+        config=LoopConfig(
+            num_steps=config.train.num_steps,
+            log_every=config.train.log_every,
+            eval_every=config.train.eval_every,
+            checkpoint_every=config.train.checkpoint_every,
+            max_nonfinite=config.train.max_nonfinite,
+        ),
+        checkpointer=run.checkpointer,
+        writer=run.writer,
+        evaluate=evaluate,
+        meta={"seed": config.seed},
+        tokens_in_batch=tokens_in_batch,
+    )
+    return result
+
+
+def finish(workdir: str, writer: MetricWriter, summary: dict, plot_keys: tuple[str, ...]) -> None:
+    """Closes the writer, plots the curves and prints/saves the summary line."""
+    writer.close()
+    plot_metrics(
+        os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "metrics.png"), plot_keys
+    )
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(json.dumps(summary), flush=True)
+
+
+def eval_batches(source, transform, batch_size: int, seed: int):
+    """One ordered pass over `source`, last batch padded with weightless rows."""
+    return pipeline.make_dataset(
+        source,
+        transform,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=False,
+        num_epochs=1,
+        drop_remainder=False,
+    )

@@ -1,0 +1,167 @@
+r"""Reward-model training (InstructGPT step 2): K-wise ranking loss over all labelled pairs.
+
+  python -m experiments.reward --config=experiments/configs/hh_tiny.py:reward --workdir=/tmp/rm \
+      [--config.model.sft_dir=/tmp/sft/model]
+
+The model is a scalar head on the SFT backbone (LM head dropped) when model.sft_dir is set, else a
+from-scratch decoder. Each response of a prompt is scored once per step. After training, the head's
+bias is shifted so that the reference responses score mean 0, and the held-out pairwise accuracy
+is reported with two 95% intervals: Wilson over pairs, and a bootstrap over prompts (pairs of one
+prompt are not independent when K > 2).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import common
+from rlhf_jax import losses
+from rlhf_jax.data import pipeline
+from rlhf_jax.models import ScalarModel, hf
+from rlhf_jax.training import export, reward, stats, steps
+from rlhf_jax.training import state as state_lib
+from rlhf_jax.training.loop import means, sum_metrics
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
+
+
+def _model_and_params(config, tokenizer_vocab: int):
+    """(model config, ScalarModel, params, logical specs): from the SFT model or from scratch."""
+    sft_dir = common.resolve_path(config.model.get("sft_dir"))
+    if sft_dir:
+        model_config, lm_params = hf.load_pretrained(
+            sft_dir, dropout_rate=config.model.dropout_rate
+        )
+        model = ScalarModel(model_config)
+        fresh, specs = state_lib.init_variables(model, 8, config.seed)
+        return model_config, model, reward.reward_params_from_lm(lm_params, fresh), specs
+    model_config = common.scratch_model_config(config.model, tokenizer_vocab)
+    model = ScalarModel(model_config)
+    params, specs = state_lib.init_variables(model, config.data.max_len, config.seed)
+    return model_config, model, params, specs
+
+
+def heldout_pairwise_accuracy(score_fn, params, batches, mesh) -> dict:
+    """Scores every held-out response once and counts correct strict pairs per prompt."""
+    correct, pairs = [], []
+    for batch in batches:
+        placed = pipeline.to_global_arrays(batch, mesh)
+        scores_bk = np.asarray(jax.device_get(score_fn(params, placed)))
+        prefers_bkk = batch["prefers_bkk"]
+        margin_bkk = scores_bk[:, :, None] - scores_bk[:, None, :]
+        correct.extend(np.sum((margin_bkk > 0) & prefers_bkk, axis=(1, 2)).tolist())
+        pairs.extend(np.sum(prefers_bkk, axis=(1, 2)).tolist())
+    correct, pairs = np.asarray(correct), np.asarray(pairs)
+    keep = pairs > 0
+    correct, pairs = correct[keep], pairs[keep]
+    accuracy = correct.sum() / pairs.sum()
+    wilson = stats.wilson_interval(int(correct.sum()), int(pairs.sum()))
+    boot = stats.cluster_bootstrap_interval(correct, pairs, seed=0)
+    return {
+        "heldout_pairwise_accuracy": float(accuracy),
+        "heldout_accuracy_wilson95": list(wilson),
+        "heldout_accuracy_prompt_bootstrap95": list(boot),
+        "heldout_pairs": int(pairs.sum()),
+        "heldout_prompts": int(len(pairs)),
+    }
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    workdir = os.path.abspath(workdir)
+    common.write_config(config, workdir)
+    train_source = common.open_split(config.data, config.data.train_split)
+    eval_source = common.open_split(config.data, config.data.eval_split)
+    if config.model.get("sft_dir") and not config.tokenizer.get("path"):
+        config.tokenizer.path = config.model.sft_dir  # the SFT run saved its tokenizer there
+    tokenizer = common.load_tokenizer(config, workdir, lambda: common.record_texts(train_source))
+    model_config, model, params, specs = _model_and_params(config, tokenizer.vocab_size)
+
+    spec = common.sequence_spec(config.data)
+    transform = pipeline.TokenizeComparison(tokenizer, spec)
+    train_dataset = pipeline.make_dataset(
+        train_source, transform, batch_size=config.train.batch_size, seed=config.seed
+    )
+    forward = steps.reward_forward(model, losses.LOSSES[config.loss])
+    run_ = common.prepare_run(
+        config=config,
+        workdir=workdir,
+        model=model,
+        params=params,
+        logical_specs=specs,
+        forward=forward,
+        train_dataset=train_dataset,
+    )
+    mesh = run_.mesh
+    eval_step = steps.jit_eval_step(steps.make_eval_step(forward), mesh, run_.param_shardings)
+    eval_data = common.eval_batches(eval_source, transform, config.train.batch_size, config.seed)
+
+    def evaluate(params) -> dict[str, float]:
+        totals = None
+        for batch in eval_data:
+            totals = sum_metrics(totals, eval_step(params, pipeline.to_global_arrays(batch, mesh)))
+        return means(totals)
+
+    def tokens(batch):
+        return int(np.sum(batch["mask_bkt"]))
+
+    result = common.train(run_, config, evaluate=evaluate, tokens_in_batch=tokens)
+    summary = {
+        "experiment": "reward",
+        "step": int(result.state.step),
+        "preempted": result.preempted,
+        "train_loss": result.last_train.get("loss"),
+        "eval_loss": result.last_eval.get("loss"),
+        "train_comparisons": len(train_source),
+        "eval_comparisons": len(eval_source),
+    }
+    if not result.preempted:
+        params = result.state.params
+        score_fn = jax.jit(
+            lambda p, b: steps.reward_scores(model, p, b["tokens_bkt"], b["mask_bkt"])
+        )
+        summary.update(heldout_pairwise_accuracy(score_fn, params, eval_data, mesh))
+        # The paper's normalisation: reference responses score mean 0 (bias stored in params).
+        reference_name = config.reward.get("reference_name") or config.data.name
+        reference_data = ml_collections.ConfigDict(config.data.to_dict())
+        reference_data.name = reference_name
+        reference_source = common.open_split(reference_data, config.reward.reference_split)
+        reference_batches = common.eval_batches(
+            reference_source,
+            pipeline.TokenizeDemonstration(tokenizer, spec),
+            config.train.batch_size,
+            config.seed,
+        )
+        scorer = jax.jit(reward.make_demonstration_scorer(model))
+        placed = (pipeline.to_global_arrays(b, mesh) for b in reference_batches)
+        mean_before = reward.mean_reference_reward(scorer, params, placed)
+        params = reward.shift_reward_bias(params, mean_before)
+        summary["reference_mean_reward_before_normalisation"] = mean_before
+        summary["reference_responses"] = len(reference_source)
+        export.save_model(
+            os.path.join(workdir, "model"),
+            model_config,
+            jax.device_get(params),
+            tokenizer=tokenizer,
+            kind="reward",
+        )
+    run_.checkpointer.close()
+    common.finish(workdir, run_.writer, summary, ("train/loss", "eval/accuracy", "eval/margin"))
+    return summary
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

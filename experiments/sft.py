@@ -1,0 +1,130 @@
+r"""Supervised fine-tuning (InstructGPT step 1): response-only NLL on demonstrations.
+
+  python -m experiments.sft --config=experiments/configs/hh_tiny.py:sft --workdir=/tmp/sft
+  python -m experiments.sft --config=experiments/configs/hh_tiny.py:sft --workdir=/tmp/sft \
+      --config.train.num_steps=50 --config.optim.learning_rate=1e-3
+
+Rerunning the same command on a workdir with checkpoints resumes from the newest one. See
+experiments/common.py for what the workdir holds; the final model is a transformers-format
+directory (workdir/model) that `experiments.reward` and `transformers` load.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import common
+from rlhf_jax import losses
+from rlhf_jax.data import pipeline
+from rlhf_jax.models import CausalLM, hf
+from rlhf_jax.training import state as state_lib
+from rlhf_jax.training import steps
+from rlhf_jax.training.loop import means, sum_metrics
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains, evaluates and exports; returns the summary dict."""
+    workdir = os.path.abspath(workdir)
+    common.write_config(config, workdir)
+    train_source = common.open_split(config.data, config.data.train_split)
+    eval_source = common.open_split(config.data, config.data.eval_split)
+    tokenizer = common.load_tokenizer(config, workdir, lambda: common.record_texts(train_source))
+
+    if config.model.init == "scratch":
+        model_config = common.scratch_model_config(config.model, tokenizer.vocab_size)
+        model = CausalLM(model_config)
+        params, specs = state_lib.init_variables(model, config.data.max_len, config.seed)
+    elif config.model.init == "pretrained":
+        model_config, params = hf.load_pretrained(
+            common.resolve_path(config.model.name_or_path)
+            if os.path.exists(common.resolve_path(config.model.name_or_path))
+            else config.model.name_or_path,
+            dropout_rate=config.model.dropout_rate,
+        )
+        model = CausalLM(model_config)
+        _, specs = state_lib.init_variables(model, 8, config.seed)
+    else:
+        raise ValueError(f"model.init={config.model.init!r}; expected 'scratch' or 'pretrained'.")
+    if model_config.vocab_size < tokenizer.vocab_size:
+        raise ValueError(
+            f"The model's vocabulary ({model_config.vocab_size}) is smaller than the tokenizer's "
+            f"({tokenizer.vocab_size})."
+        )
+
+    spec = common.sequence_spec(config.data)
+    transform = pipeline.TokenizeDemonstration(tokenizer, spec)
+    train_dataset = pipeline.make_dataset(
+        train_source, transform, batch_size=config.train.batch_size, seed=config.seed
+    )
+    loss_fn = losses.LOSSES[config.loss]
+    forward = steps.sft_forward(model, loss_fn)
+    run_ = common.prepare_run(
+        config=config,
+        workdir=workdir,
+        model=model,
+        params=params,
+        logical_specs=specs,
+        forward=forward,
+        train_dataset=train_dataset,
+    )
+    eval_step = steps.jit_eval_step(steps.make_eval_step(forward), run_.mesh, run_.param_shardings)
+    eval_data = common.eval_batches(eval_source, transform, config.train.batch_size, config.seed)
+
+    def evaluate(params) -> dict[str, float]:
+        totals = None
+        for batch in eval_data:
+            totals = sum_metrics(
+                totals, eval_step(params, pipeline.to_global_arrays(batch, run_.mesh))
+            )
+        result = means(totals)
+        result["perplexity"] = math.exp(min(result["nll"], 50.0))
+        return result
+
+    result = common.train(
+        run_, config, evaluate=evaluate, tokens_in_batch=lambda b: int(np.sum(b["mask_bt"]))
+    )
+    summary = {
+        "experiment": "sft",
+        "step": int(result.state.step),
+        "preempted": result.preempted,
+        "train_loss": result.last_train.get("loss"),
+        "eval_nll": result.last_eval.get("nll"),
+        "eval_perplexity": result.last_eval.get("perplexity"),
+        "eval_token_accuracy": result.last_eval.get("accuracy"),
+        "train_examples": len(train_source),
+        "eval_examples": len(eval_source),
+    }
+    if not result.preempted:
+        hf.save_pretrained(
+            os.path.join(workdir, "model"),
+            model_config,
+            jax.device_get(result.state.params),
+            tokenizer=tokenizer.hf,
+            bos_token_id=tokenizer.eos_id,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+        )
+    run_.checkpointer.close()
+    common.finish(workdir, run_.writer, summary, ("train/loss", "eval/nll", "train/tokens_per_s"))
+    return summary
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
