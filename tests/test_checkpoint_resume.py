@@ -80,6 +80,7 @@ def subprocess_env():
     return env
 
 
+@pytest.mark.slow
 def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path):
     config = write_run_config(tmp_path)
     env = subprocess_env()
@@ -130,6 +131,7 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path):
     assert summary["step"] == 24 and not summary["preempted"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_stops(tmp_path):
     config = write_run_config(tmp_path)
     workdir = tmp_path / "run"

@@ -4,6 +4,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from experiments import common
 from experiments import reward as reward_experiment
@@ -14,6 +15,7 @@ from rlhf_jax.models import ScalarModel
 from rlhf_jax.training import export, reward
 
 
+@pytest.mark.slow
 def test_reward_experiment_runs_and_normalises(tmp_path):
     rng = np.random.default_rng(0)
     rows = []
