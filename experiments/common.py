@@ -27,7 +27,7 @@ from rlhf_jax.models import TransformerConfig
 from rlhf_jax.training import optim, steps
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training.checkpoint import Checkpointer, abstract_like
-from rlhf_jax.training.loop import LoopConfig, LoopResult, train_loop
+from rlhf_jax.training.loop import LoopConfig, LoopResult, means, sum_metrics, train_loop
 from rlhf_jax.training.metrics_writer import MetricWriter, plot_metrics
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,6 +40,13 @@ def resolve_path(path: str | None) -> str | None:
         return None
     path = os.path.expanduser(path)
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(REPO_ROOT, path))
+
+
+def local_or_hub(name: str) -> str:
+    """`name` resolved as a local path (see `resolve_path`) when that exists, else unchanged (a hub
+    id such as "gpt2")."""
+    path = resolve_path(name)
+    return path if os.path.exists(path) else name
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -66,11 +73,11 @@ def record_texts(source, limit: int = 20000) -> list[str]:
     texts = []
     for i in range(min(len(source), limit)):
         record = source[i]
-        texts.append(pipeline._text(record["prompt"]))
+        texts.append(pipeline.as_text(record["prompt"]))
         if "response" in record:
-            texts.append(pipeline._text(record["response"]))
+            texts.append(pipeline.as_text(record["response"]))
         else:
-            texts.extend(pipeline._text(r) for r in record["responses"])
+            texts.extend(pipeline.as_text(r) for r in record["responses"])
     return texts
 
 
@@ -83,10 +90,7 @@ def load_tokenizer(config: ml_collections.ConfigDict, workdir: str, corpus: Call
     if os.path.isdir(saved):
         tokenizer = Tokenizer.from_pretrained(saved, eos_token=eos)
     elif config.tokenizer.get("path"):
-        path = resolve_path(config.tokenizer.path)
-        tokenizer = Tokenizer.from_pretrained(
-            path if os.path.exists(path) else config.tokenizer.path, eos_token=eos
-        )
+        tokenizer = Tokenizer.from_pretrained(local_or_hub(config.tokenizer.path), eos_token=eos)
     else:
         tokenizer = train_bpe_tokenizer(corpus(), vocab_size=config.tokenizer.vocab_size)
     tokenizer.save_pretrained(saved)
@@ -116,14 +120,6 @@ def sequence_spec(data: ml_collections.ConfigDict) -> pipeline.SequenceSpec:
     )
 
 
-def mesh_from(config: ml_collections.ConfigDict):
-    return sharding.make_mesh(
-        data=config.mesh.get("data", -1),
-        fsdp=config.mesh.get("fsdp", 1),
-        tensor=config.mesh.get("tensor", 1),
-    )
-
-
 @dataclasses.dataclass
 class Run:
     """A prepared run: what `train` needs, after restoring from a checkpoint if there is one."""
@@ -142,7 +138,6 @@ def prepare_run(
     *,
     config: ml_collections.ConfigDict,
     workdir: str,
-    model,
     params: Any,
     logical_specs: Any,
     forward: steps.Forward,
@@ -150,7 +145,7 @@ def prepare_run(
 ) -> Run:
     """Places params on the mesh, builds the optimizer, jitted step and data iterator, and resumes
     from the newest checkpoint in workdir/checkpoints when there is one."""
-    mesh = mesh_from(config)
+    mesh = sharding.mesh_from_config(config.mesh)
     batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
     if config.train.batch_size % (batch_ways * config.train.grad_accum):
         raise ValueError(
@@ -244,3 +239,19 @@ def eval_batches(source, transform, batch_size: int, seed: int):
         num_epochs=1,
         drop_remainder=False,
     )
+
+
+def make_evaluate(forward: steps.Forward, run: Run, batches) -> Callable[[Any], dict[str, float]]:
+    """`evaluate(params) -> {metric: mean}` over `batches` (host batches, e.g. `eval_batches`),
+    with the forward jitted on the run's mesh and without dropout."""
+    eval_step = steps.jit_eval_step(steps.make_eval_step(forward), run.mesh, run.param_shardings)
+
+    def evaluate(params) -> dict[str, float]:
+        totals = None
+        for batch in batches:
+            totals = sum_metrics(
+                totals, eval_step(params, pipeline.to_global_arrays(batch, run.mesh))
+            )
+        return means(totals)
+
+    return evaluate

@@ -26,7 +26,6 @@ from rlhf_jax.data import pipeline
 from rlhf_jax.models import ScalarModel, hf
 from rlhf_jax.training import export, reward, stats, steps
 from rlhf_jax.training import state as state_lib
-from rlhf_jax.training.loop import means, sum_metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
@@ -92,21 +91,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run_ = common.prepare_run(
         config=config,
         workdir=workdir,
-        model=model,
         params=params,
         logical_specs=specs,
         forward=forward,
         train_dataset=train_dataset,
     )
     mesh = run_.mesh
-    eval_step = steps.jit_eval_step(steps.make_eval_step(forward), mesh, run_.param_shardings)
     eval_data = common.eval_batches(eval_source, transform, config.train.batch_size, config.seed)
-
-    def evaluate(params) -> dict[str, float]:
-        totals = None
-        for batch in eval_data:
-            totals = sum_metrics(totals, eval_step(params, pipeline.to_global_arrays(batch, mesh)))
-        return means(totals)
+    evaluate = common.make_evaluate(forward, run_, eval_data)
 
     def tokens(batch):
         return int(np.sum(batch["mask_bkt"]))

@@ -26,7 +26,6 @@ from rlhf_jax.data import pipeline
 from rlhf_jax.models import CausalLM, hf
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training import steps
-from rlhf_jax.training.loop import means, sum_metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
@@ -46,9 +45,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         params, specs = state_lib.init_variables(model, config.data.max_len, config.seed)
     elif config.model.init == "pretrained":
         model_config, params = hf.load_pretrained(
-            common.resolve_path(config.model.name_or_path)
-            if os.path.exists(common.resolve_path(config.model.name_or_path))
-            else config.model.name_or_path,
+            common.local_or_hub(config.model.name_or_path),
             dropout_rate=config.model.dropout_rate,
         )
         model = CausalLM(model_config)
@@ -71,22 +68,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run_ = common.prepare_run(
         config=config,
         workdir=workdir,
-        model=model,
         params=params,
         logical_specs=specs,
         forward=forward,
         train_dataset=train_dataset,
     )
-    eval_step = steps.jit_eval_step(steps.make_eval_step(forward), run_.mesh, run_.param_shardings)
     eval_data = common.eval_batches(eval_source, transform, config.train.batch_size, config.seed)
+    eval_means = common.make_evaluate(forward, run_, eval_data)
 
     def evaluate(params) -> dict[str, float]:
-        totals = None
-        for batch in eval_data:
-            totals = sum_metrics(
-                totals, eval_step(params, pipeline.to_global_arrays(batch, run_.mesh))
-            )
-        result = means(totals)
+        result = eval_means(params)
         result["perplexity"] = math.exp(min(result["nll"], 50.0))
         return result
 

@@ -62,7 +62,8 @@ class SequenceSpec:
             raise ValueError(f"max_responses={self.max_responses} must be >= 2.")
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A record's text field (TFDS gives UTF-8 bytes, Python records give str) as str."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
@@ -125,9 +126,9 @@ class TokenizeDemonstration(grain.transforms.Map):
         tokens, mask, loss_mask, truncated, overlong = encode_pair(
             self.tokenizer,
             self.spec,
-            _text(record["prompt"]),
-            _text(response),
-            _text(record.get("id", "?")),
+            as_text(record["prompt"]),
+            as_text(response),
+            as_text(record.get("id", "?")),
         )
         skipped = overlong and self.spec.overlong == "skip"
         if skipped:
@@ -150,8 +151,8 @@ class TokenizeComparison(grain.transforms.Map):
     spec: SequenceSpec
 
     def map(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        record_id = _text(record.get("id", "?"))
-        responses = [_text(r) for r in record["responses"]]
+        record_id = as_text(record.get("id", "?"))
+        responses = [as_text(r) for r in record["responses"]]
         k_max, t = self.spec.max_responses, self.spec.max_len
         if len(responses) > k_max:
             raise RecordError(
@@ -161,7 +162,7 @@ class TokenizeComparison(grain.transforms.Map):
         mask = np.zeros((k_max, t), bool)
         valid = np.zeros(k_max, bool)
         truncated = overlong = False
-        prompt = _text(record["prompt"])
+        prompt = as_text(record["prompt"])
         for k, response in enumerate(responses):
             tokens[k], mask[k], _, trunc_k, over_k = encode_pair(
                 self.tokenizer, self.spec, prompt, response, record_id

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from rlhf_jax import sharding as sharding_lib
 
@@ -70,15 +71,8 @@ def state_shardings(
     )
 
 
-def batch_prefix_sharding(mesh: Mesh) -> NamedSharding:
-    """One sharding for every leaf of a batch: leading axis split over data x fsdp."""
-    return NamedSharding(mesh, PartitionSpec(sharding_lib.BATCH_AXES))
-
-
 def init_variables(model, seq_len: int, seed: int) -> tuple[Any, Any]:
     """(unboxed variables, logical PartitionSpecs) of a freshly initialised model."""
-    import flax.linen as nn
-
     tokens = jnp.zeros((1, seq_len), jnp.int32)
     boxed = model.init(jax.random.key(seed), tokens, jnp.ones((1, seq_len), bool))
     return nn.unbox(boxed), nn.get_partition_spec(boxed)

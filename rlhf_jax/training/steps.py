@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from rlhf_jax import losses as losses_lib
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.models.partitioning import activation_sharding
-from rlhf_jax.training.state import TrainState, batch_prefix_sharding
+from rlhf_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
 Forward = Callable[[Any, Batch, jax.Array, bool], tuple[jax.Array, losses_lib.Metrics]]
@@ -211,9 +211,11 @@ def jit_train_step(
             return step(state, batch, rng)
 
     replicated = sharding_lib.replicated(mesh)
+    # A rank-1 spec is a prefix for every batch leaf: leading axis over data x fsdp, rest whole.
+    batch_prefix = sharding_lib.batch_sharding(mesh, ndim=1)
     return jax.jit(
         wrapped,
-        in_shardings=(state_shardings, batch_prefix_sharding(mesh), replicated),
+        in_shardings=(state_shardings, batch_prefix, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
@@ -230,6 +232,6 @@ def jit_eval_step(
 
     return jax.jit(
         wrapped,
-        in_shardings=(param_shardings, batch_prefix_sharding(mesh)),
+        in_shardings=(param_shardings, sharding_lib.batch_sharding(mesh, ndim=1)),
         out_shardings=sharding_lib.replicated(mesh),
     )
