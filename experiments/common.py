@@ -18,7 +18,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import ml_collections
+from absl import flags, logging
+from ml_collections import config_flags
 
 from rlhf_jax import sharding
 from rlhf_jax.data import pipeline, sources
@@ -31,6 +34,25 @@ from rlhf_jax.training.loop import LoopConfig, LoopResult, means, sum_metrics, t
 from rlhf_jax.training.metrics_writer import MetricWriter, plot_metrics
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The flags every experiment module takes (defined once here so that modules can be imported
+# together, e.g. by tests and by experiments.instructgpt).
+CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() first: one process per host of a TPU slice or GPU "
+    "cluster, all started with the same command (addresses from the cluster's environment).",
+)
+
+
+def setup_process() -> None:
+    """What every experiment's main does first: quiet orbax's per-file INFO logs and, with
+    --distributed, join the other processes so the mesh spans every host's devices."""
+    logging.set_verbosity(logging.WARNING)
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
 
 
 def resolve_path(path: str | None) -> str | None:
@@ -49,8 +71,25 @@ def local_or_hub(name: str) -> str:
     return path if os.path.exists(path) else name
 
 
+def is_chief() -> bool:
+    """True on the process that writes run files (config, metrics, model); all processes save
+    checkpoints together (orbax coordinates them). The workdir must be one every host sees."""
+    return jax.process_index() == 0
+
+
+def to_host(tree: Any) -> Any:
+    """Device arrays -> numpy, gathering shards held by other processes when there are several."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
+    if not is_chief():
+        return
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
 
@@ -93,8 +132,20 @@ def load_tokenizer(config: ml_collections.ConfigDict, workdir: str, corpus: Call
         tokenizer = Tokenizer.from_pretrained(local_or_hub(config.tokenizer.path), eos_token=eos)
     else:
         tokenizer = train_bpe_tokenizer(corpus(), vocab_size=config.tokenizer.vocab_size)
-    tokenizer.save_pretrained(saved)
+    if is_chief():
+        tokenizer.save_pretrained(saved)
     return tokenizer
+
+
+def model_overrides(model: ml_collections.ConfigDict) -> dict:
+    """TransformerConfig fields a config sets on any model, pretrained or from scratch: dropout,
+    activation/parameter dtypes ("bfloat16" on accelerators) and rematerialisation."""
+    return {
+        "dropout_rate": model.dropout_rate,
+        "dtype": model.get("dtype", "float32"),
+        "param_dtype": model.get("param_dtype", "float32"),
+        "remat": model.get("remat", False),
+    }
 
 
 def scratch_model_config(model: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
@@ -107,7 +158,7 @@ def scratch_model_config(model: ml_collections.ConfigDict, vocab_size: int) -> T
         embed_dim=model.embed_dim,
         mlp_dim=model.mlp_dim,
         max_len=model.max_len,
-        dropout_rate=model.dropout_rate,
+        **model_overrides(model),
     )
 
 
@@ -176,7 +227,11 @@ def prepare_run(
         state, meta = restored
         resumed_from = int(state.step)
         print(f"Resumed from {checkpointer.directory} at step {resumed_from}.", flush=True)
-    writer = MetricWriter(workdir, resume_step=resumed_from if resumed_from is not None else 0)
+    writer = MetricWriter(
+        workdir,
+        resume_step=resumed_from if resumed_from is not None else 0,
+        active=is_chief(),
+    )
     return Run(
         state=state,
         param_shardings=param_shardings,
@@ -218,8 +273,10 @@ def train(
 
 
 def finish(workdir: str, writer: MetricWriter, summary: dict, plot_keys: tuple[str, ...]) -> None:
-    """Closes the writer, plots the curves and prints/saves the summary line."""
+    """Closes the writer, plots the curves and prints/saves the summary line (chief only)."""
     writer.close()
+    if not is_chief():
+        return
     plot_metrics(
         os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "metrics.png"), plot_keys
     )

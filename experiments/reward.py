@@ -17,8 +17,7 @@ import os
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
 from experiments import common
 from rlhf_jax import losses
@@ -27,16 +26,13 @@ from rlhf_jax.models import ScalarModel, hf
 from rlhf_jax.training import export, reward, stats, steps
 from rlhf_jax.training import state as state_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
-
 
 def _model_and_params(config, tokenizer_vocab: int):
     """(model config, ScalarModel, params, logical specs): from the SFT model or from scratch."""
     sft_dir = common.resolve_path(config.model.get("sft_dir"))
     if sft_dir:
         model_config, lm_params = hf.load_pretrained(
-            sft_dir, dropout_rate=config.model.dropout_rate
+            sft_dir, **common.model_overrides(config.model)
         )
         model = ScalarModel(model_config)
         fresh, specs = state_lib.init_variables(model, 8, config.seed)
@@ -52,7 +48,7 @@ def heldout_pairwise_accuracy(score_fn, params, batches, mesh) -> dict:
     correct, pairs = [], []
     for batch in batches:
         placed = pipeline.to_global_arrays(batch, mesh)
-        scores_bk = np.asarray(jax.device_get(score_fn(params, placed)))
+        scores_bk = np.asarray(common.to_host(score_fn(params, placed)))
         prefers_bkk = batch["prefers_bkk"]
         margin_bkk = scores_bk[:, :, None] - scores_bk[:, None, :]
         correct.extend(np.sum((margin_bkk > 0) & prefers_bkk, axis=(1, 2)).tolist())
@@ -136,13 +132,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         params = reward.shift_reward_bias(params, mean_before)
         summary["reference_mean_reward_before_normalisation"] = mean_before
         summary["reference_responses"] = len(reference_source)
-        export.save_model(
-            os.path.join(workdir, "model"),
-            model_config,
-            jax.device_get(params),
-            tokenizer=tokenizer,
-            kind="reward",
-        )
+        host_params = common.to_host(params)
+        if common.is_chief():
+            export.save_model(
+                os.path.join(workdir, "model"),
+                model_config,
+                host_params,
+                tokenizer=tokenizer,
+                kind="reward",
+            )
     run_.checkpointer.close()
     common.finish(workdir, run_.writer, summary, ("train/loss", "eval/accuracy", "eval/margin"))
     return summary
@@ -150,8 +148,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    run(_CONFIG.value, _WORKDIR.value)
+    common.setup_process()
+    run(common.CONFIG.value, common.WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,9 @@ from __future__ import annotations
 import math
 import os
 
-import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
 from experiments import common
 from rlhf_jax import losses
@@ -26,9 +24,6 @@ from rlhf_jax.data import pipeline
 from rlhf_jax.models import CausalLM, hf
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training import steps
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -46,7 +41,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     elif config.model.init == "pretrained":
         model_config, params = hf.load_pretrained(
             common.local_or_hub(config.model.name_or_path),
-            dropout_rate=config.model.dropout_rate,
+            **common.model_overrides(config.model),
         )
         model = CausalLM(model_config)
         _, specs = state_lib.init_variables(model, 8, config.seed)
@@ -95,11 +90,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "train_examples": len(train_source),
         "eval_examples": len(eval_source),
     }
-    if not result.preempted:
+    final_params = None if result.preempted else common.to_host(result.state.params)
+    if final_params is not None and common.is_chief():
         hf.save_pretrained(
             os.path.join(workdir, "model"),
             model_config,
-            jax.device_get(result.state.params),
+            final_params,
             tokenizer=tokenizer.hf,
             bos_token_id=tokenizer.eos_id,
             eos_token_id=tokenizer.eos_id,
@@ -112,8 +108,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    run(_CONFIG.value, _WORKDIR.value)
+    common.setup_process()
+    run(common.CONFIG.value, common.WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,49 @@ def test_anthropic_hh_builder_from_manual_dir(tmp_path):
     assert record["pairs"].tolist() == [[0, 1]]
 
 
+def test_alpaca_builder_from_manual_dir(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    rows = [
+        {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+        {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+        {"instruction": "Broken.", "input": "", "output": ""},  # empty response
+    ]
+    (manual / "alpaca_data.json").write_text(json.dumps(rows))
+    with pytest.raises(Exception, match=r"alpaca_data.json: record 3: field .output. is empty"):
+        sources.open_source("alpaca/alpaca", "train", data_dir=tmp_path / "a", manual_dir=manual)
+    source = sources.open_source(
+        "alpaca/alpaca",
+        "train",
+        data_dir=tmp_path / "b",
+        manual_dir=manual,
+        skip_bad_records=True,
+    )
+    assert len(source) == 2
+    by_response = {source[i]["response"].decode(): source[i] for i in range(2)}
+    with_input = by_response["5"]["prompt"].decode()
+    assert (
+        "### Instruction:\nAdd the numbers." in with_input and "### Input:\n2 and 3" in with_input
+    )
+    assert with_input.endswith("### Response:\n")
+    assert "### Input:" not in by_response["Blue."]["prompt"].decode()
+    assert sum(source.dataset_info.metadata["skipped"].values()) == 1
+
+
+@needs_shared
+def test_self_instruct_seed_builder_on_shared_file(tmp_path):
+    source = sources.open_source(
+        "alpaca/self_instruct_seed",
+        "train",
+        data_dir=tmp_path,
+        manual_dir=SHARED / "self-instruct-seed",
+    )
+    assert len(source) == 175
+    ids = {source[i]["id"].decode() for i in range(len(source))}
+    assert len(ids) == 175 and all(i.startswith("seed_tasks.jsonl:") for i in ids)
+    assert all(source[i]["response"] for i in range(len(source)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Pipelines
 # ---------------------------------------------------------------------------------------------

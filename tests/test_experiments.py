@@ -8,11 +8,13 @@ import pytest
 
 from experiments import common
 from experiments import reward as reward_experiment
-from experiments.configs import hh_tiny, qa_feedback_tiny
+from experiments import sft as sft_experiment
+from experiments.configs import gpt2_hh, hh_tiny, llama_tpu, qa_feedback_tiny
 from rlhf_jax.data import pipeline
-from rlhf_jax.data.tokenizer import Tokenizer
-from rlhf_jax.models import ScalarModel
+from rlhf_jax.data.tokenizer import Tokenizer, train_bpe_tokenizer
+from rlhf_jax.models import ScalarModel, hf
 from rlhf_jax.training import export, reward
+from tests.hf_reference import reference_model
 
 
 @pytest.mark.slow
@@ -81,3 +83,81 @@ def test_shipped_configs_load():
         assert config.train.batch_size % config.train.grad_accum == 0
     qa = qa_feedback_tiny.get_config()
     assert qa.data.max_responses == 4 and qa.reward.reference_name == "qa_feedback/gold"
+
+
+def test_real_configs_are_complete_and_consistent():
+    """gpt2_hh and llama_tpu are documented, not run here: check what can be checked offline."""
+    for variant in ("sft", "reward"):
+        gpt2 = gpt2_hh.get_config(variant)
+        assert gpt2.model.init == "pretrained" and gpt2.model.name_or_path == "gpt2"
+        assert gpt2.tokenizer.path == "gpt2" and gpt2.data.name == "anthropic_hh/helpful-base"
+        assert not gpt2.data.manual_dir  # downloads from GitHub
+        assert gpt2.data.max_len <= gpt2.model.max_len == 1024  # GPT-2's position table
+        assert gpt2.model.dropout_rate == 0.2  # InstructGPT's SFT dropout
+
+        llama = llama_tpu.get_config(variant)
+        assert llama.model.dtype == "bfloat16" and llama.model.param_dtype == "float32"
+        assert llama.model.remat and llama.mesh.tensor == 4 and llama.mesh.fsdp == -1
+        for chips in (64, 256):  # every slice size the docstring names splits the batch evenly
+            fsdp = chips // llama.mesh.tensor
+            assert llama.train.batch_size % (llama.mesh.data * fsdp * llama.train.grad_accum) == 0
+        # The Llama-3.1 8B geometry divides over the tensor axis (32 heads, 8 KV heads).
+        assert 8 % llama.mesh.tensor == 0 and 14336 % llama.mesh.tensor == 0
+    assert llama_tpu.get_config("sft").data.name == "alpaca/alpaca"
+    assert gpt2_hh.get_config("reward").loss == "kwise_ranking"
+    with pytest.raises(ValueError, match="variant"):
+        gpt2_hh.get_config("ppo")
+
+
+def test_llama_tpu_model_fields_reach_the_loaded_model(tmp_path):
+    torch_model, _, _ = reference_model("llama")
+    torch_model.save_pretrained(tmp_path / "llama")
+    model_config, params = hf.load_pretrained(
+        tmp_path / "llama", **common.model_overrides(llama_tpu.get_config("sft").model)
+    )
+    assert (model_config.dtype, model_config.param_dtype) == ("bfloat16", "float32")
+    assert model_config.remat and model_config.dropout_rate == 0.0
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params))
+
+
+@pytest.mark.slow
+def test_gpt2_config_runs_sft_from_a_local_checkpoint(tmp_path):
+    """The gpt2_hh SFT path (pretrained init, tokenizer from a path, transformers export) with a
+    tiny local GPT-2 and tokenizer standing in for the hub's and jsonl data for HH's."""
+    rows = [
+        {
+            "prompt": f"Human: count to {i}.\n\nAssistant:",
+            "response": " " + " ".join("123"[: i % 3 + 1]),
+        }
+        for i in range(24)
+    ]
+    data = tmp_path / "demos.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokenizer = train_bpe_tokenizer([r["prompt"] + r["response"] for r in rows] * 4, 300)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    torch_model, _, _ = reference_model("gpt2", vocab_size=300, n_positions=64)
+    torch_model.save_pretrained(tmp_path / "gpt2")
+
+    config = gpt2_hh.get_config("sft")
+    config.model.update(name_or_path=str(tmp_path / "gpt2"), max_len=64)
+    config.tokenizer.update(path=str(tmp_path / "tok"))
+    config.data.update(
+        name="jsonl/gpt2_test",
+        jsonl_kind="demonstrations",
+        train_split="train[:16]",
+        eval_split="train[16:]",
+        data_dir=str(tmp_path / "tfds"),
+        max_len=32,
+        max_prompt_len=24,
+    )
+    config.data.jsonl_files = {"train": str(data)}
+    config.train.update(
+        batch_size=16, grad_accum=2, num_steps=3, log_every=1, eval_every=3, checkpoint_every=3
+    )
+    summary = sft_experiment.run(config, str(tmp_path / "sft"))
+    assert summary["step"] == 3 and np.isfinite(summary["eval_nll"])
+    exported_config, exported = hf.load_pretrained(tmp_path / "sft" / "model")
+    _, initial = hf.load_pretrained(tmp_path / "gpt2")
+    assert exported_config.vocab_size == 300 and exported_config.dropout_rate == 0.0
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), exported, initial)
+    assert any(jax.tree.leaves(changed))  # trained from the checkpoint, not from scratch

@@ -1,5 +1,6 @@
 """Model parity with transformers, checkpoint conversion both ways, KV cache, heads."""
 
+import dataclasses
 import json
 
 import chex
@@ -223,3 +224,26 @@ def test_hub_ids_go_through_snapshot_download(tmp_path, monkeypatch):
     repo_id, revision, patterns = calls[0]
     assert (repo_id, revision) == ("openai-community/gpt2", "main")
     assert "*.safetensors" in patterns and not any(p.endswith((".bin", ".pt")) for p in patterns)
+
+
+def test_remat_keeps_params_outputs_gradients_and_cache():
+    config = TransformerConfig.llama(
+        vocab_size=64, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64, dropout_rate=0.1
+    )
+    plain, remat = CausalLM(config), CausalLM(dataclasses.replace(config, remat=True))
+    tokens = (jnp.arange(12)[None] * 7 % 64).astype(jnp.int32)
+    params = nn.unbox(plain.init(jax.random.key(0), tokens))
+    chex.assert_trees_all_equal_shapes(params, nn.unbox(remat.init(jax.random.key(0), tokens)))
+
+    def loss(p, model):
+        out = model.apply(p, tokens, deterministic=False, rngs={"dropout": jax.random.key(1)})
+        return jnp.sum(out.logits_btv**2)
+
+    chex.assert_trees_all_close(
+        jax.grad(loss)(params, remat), jax.grad(loss)(params, plain), atol=1e-4, rtol=1e-5
+    )
+    cache = init_cache(config, 1, 16)
+    out_plain = plain.apply(params, tokens, cache=cache)
+    out_remat = remat.apply(params, tokens, cache=cache)
+    np.testing.assert_allclose(out_remat.logits_btv, out_plain.logits_btv, atol=1e-5)
+    chex.assert_trees_all_close(out_remat.cache, out_plain.cache, atol=1e-5)

@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
             mlp_dim=512,
             max_len=192,
             dropout_rate=0.1,
+            dtype="float32",  # activations; "bfloat16" on TPU/GPU
+            param_dtype="float32",
+            remat=False,  # recompute block activations in the backward pass
         )
     )
     c.optim = ml_collections.ConfigDict(

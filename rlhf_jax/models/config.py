@@ -69,6 +69,7 @@ class TransformerConfig:
     dtype: str = "float32"  # activation dtype ("bfloat16" on accelerators)
     param_dtype: str = "float32"  # storage dtype of parameters
     attention_impl: Literal["xla", "cudnn"] | None = None  # jax.nn.dot_product_attention backend
+    remat: bool = False  # recompute each block's activations in the backward pass (saves memory)
 
     def __post_init__(self):
         if self.num_kv_heads is None:

@@ -297,7 +297,9 @@ class Decoder(nn.Module):
                 param_dtype=cfg.jnp_param_dtype,
                 embedding_init=_param_init(cfg, (None, "embed"), 0.01),
             )
-        self.layers = [Block(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
+        # Under remat, `deterministic` (argument 6, counting the module) must stay a Python bool.
+        block = nn.remat(Block, static_argnums=(6,)) if cfg.remat else Block
+        self.layers = [block(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
         self.final_norm = make_norm(cfg, "final_norm")
         self.dropout = nn.Dropout(cfg.dropout_rate)
 

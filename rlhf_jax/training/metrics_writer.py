@@ -20,11 +20,17 @@ class MetricWriter:
     Args:
       workdir: run directory.
       resume_step: drop JSONL records with step > resume_step (None: keep the file as is).
+      active: False makes every call a no-op (the non-chief processes of a multi-host run).
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None):
+    def __init__(
+        self, workdir: str | os.PathLike, *, resume_step: int | None = None, active: bool = True
+    ):
         import tensorboardX
 
+        self.active = active
+        if not active:
+            return
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
         if resume_step is not None and os.path.exists(self.path):
@@ -36,6 +42,8 @@ class MetricWriter:
         self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: Mapping[str, float], *, prefix: str = "") -> None:
+        if not self.active:
+            return
         values = {f"{prefix}{k}": float(v) for k, v in scalars.items()}
         self._file.write(json.dumps({"step": int(step), **values}) + "\n")
         self._file.flush()
@@ -45,6 +53,8 @@ class MetricWriter:
         self._tb.flush()
 
     def close(self) -> None:
+        if not self.active:
+            return
         self._file.close()
         self._tb.close()
 
