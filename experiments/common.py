@@ -52,7 +52,7 @@ def setup_process() -> None:
     --distributed, join the other processes so the mesh spans every host's devices."""
     logging.set_verbosity(logging.WARNING)
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+        sharding.initialize_distributed()
 
 
 def resolve_path(path: str | None) -> str | None:
