@@ -30,7 +30,20 @@ def next_token_logprobs(logits_btv: jax.Array, tokens_bt: jax.Array) -> jax.Arra
     return jnp.take_along_axis(logprobs_btv, tokens_bt[:, 1:, None], axis=-1)[..., 0]
 
 
-def _masked_sum(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+def last_true_index(mask_bt: jax.Array) -> jax.Array:
+    """int32 [B]: index of the last True of each row (0 for an all-False row).
+
+    The one helper that finds "the last real token" (for a response: its EOS, or its last token
+    when it never emitted one), whatever the padding on either side and whatever the pad id. The
+    RM score is read there, and the rollout puts the sequence reward and the missing-EOS penalty
+    there.
+    """
+    length = mask_bt.shape[-1]
+    from_end_b = jnp.argmax(mask_bt[:, ::-1].astype(jnp.int32), axis=-1)
+    return jnp.where(jnp.any(mask_bt, axis=-1), length - 1 - from_end_b, 0).astype(jnp.int32)
+
+
+def masked_sum(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     mask = mask.astype(jnp.float32)
     return jnp.sum(x * mask), jnp.sum(mask)
 
@@ -57,12 +70,12 @@ def sft_loss(
     """
     logprobs_bt = next_token_logprobs(logits_btv, tokens_bt)
     target_mask_bt = loss_mask_bt[:, 1:]
-    nll_sum, count = _masked_sum(-logprobs_bt, target_mask_bt)
+    nll_sum, count = masked_sum(-logprobs_bt, target_mask_bt)
     correct_bt = jnp.argmax(logits_btv[:, :-1], axis=-1) == tokens_bt[:, 1:]
     metrics = {
         "loss": (nll_sum, count),
         "nll": (nll_sum, count),
-        "accuracy": _masked_sum(correct_bt.astype(jnp.float32), target_mask_bt),
+        "accuracy": masked_sum(correct_bt.astype(jnp.float32), target_mask_bt),
     }
     return nll_sum / jnp.maximum(count, 1.0), metrics
 
@@ -106,13 +119,90 @@ def ranking_loss(*, scores_bk: jax.Array, prefers_bkk: jax.Array) -> tuple[jax.A
     pair_loss_bkk = -jax.nn.log_sigmoid(safe_margin_bkk) * pairs_bkk
     prompt_loss_b = jnp.sum(pair_loss_bkk, axis=(1, 2)) / jnp.maximum(pairs_b, 1.0)
     has_pairs_b = pairs_b > 0
-    loss_sum, prompts = _masked_sum(prompt_loss_b, has_pairs_b)
+    loss_sum, prompts = masked_sum(prompt_loss_b, has_pairs_b)
     metrics = {
         "loss": (loss_sum, prompts),
-        "accuracy": _masked_sum((safe_margin_bkk > 0).astype(jnp.float32), prefers_bkk),
-        "margin": _masked_sum(safe_margin_bkk, prefers_bkk),
+        "accuracy": masked_sum((safe_margin_bkk > 0).astype(jnp.float32), prefers_bkk),
+        "margin": masked_sum(safe_margin_bkk, prefers_bkk),
     }
     return loss_sum / jnp.maximum(prompts, 1.0), metrics
+
+
+def ppo_policy_loss(
+    *,
+    logprobs_bn: jax.Array,
+    old_logprobs_bn: jax.Array,
+    advantages_bn: jax.Array,
+    mask_bn: jax.Array,
+    clip_eps: float = 0.2,
+) -> tuple[jax.Array, Metrics]:
+    """PPO's clipped surrogate, as a loss to minimise, averaged over response tokens.
+
+    per token: max(-A * r, -A * clip(r, 1 - eps, 1 + eps)) with r = exp(logp - logp_old).
+
+    Args:
+      logprobs_bn: float32 [B, N] log-probs of the response tokens under the current policy.
+      old_logprobs_bn: float32 [B, N] the same under the rollout policy (frozen per rollout).
+      advantages_bn: float32 [B, N] (already whitened if whitening is on).
+      mask_bn: bool [B, N], True on response tokens up to and including EOS.
+      clip_eps: the clipping range epsilon.
+
+    Returns:
+      (loss, {"loss", "clipfrac" (share of tokens where the clipped term is active),
+       "approx_kl" (k3 estimator (r - 1) - log r of KL(old || new)), "ratio",
+       "ratio_deviation" (|r - 1|)}).
+    """
+    log_ratio_bn = jnp.where(mask_bn, logprobs_bn - old_logprobs_bn, 0.0)
+    ratio_bn = jnp.exp(log_ratio_bn)
+    unclipped_bn = -advantages_bn * ratio_bn
+    clipped_bn = -advantages_bn * jnp.clip(ratio_bn, 1.0 - clip_eps, 1.0 + clip_eps)
+    loss_sum, count = masked_sum(jnp.maximum(unclipped_bn, clipped_bn), mask_bn)
+    metrics = {
+        "loss": (loss_sum, count),
+        "clipfrac": masked_sum((clipped_bn > unclipped_bn).astype(jnp.float32), mask_bn),
+        "approx_kl": masked_sum((ratio_bn - 1.0) - log_ratio_bn, mask_bn),
+        "ratio": masked_sum(ratio_bn, mask_bn),
+        "ratio_deviation": masked_sum(jnp.abs(ratio_bn - 1.0), mask_bn),
+    }
+    return loss_sum / jnp.maximum(count, 1.0), metrics
+
+
+def ppo_value_loss(
+    *,
+    values_bn: jax.Array,
+    old_values_bn: jax.Array,
+    returns_bn: jax.Array,
+    mask_bn: jax.Array,
+    clip_range: float = 0.2,
+) -> tuple[jax.Array, Metrics]:
+    """Clipped value loss: per token 0.5 * max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2).
+
+    Args:
+      values_bn: float32 [B, N] current value predictions (state before each response token).
+      old_values_bn: float32 [B, N] the rollout's predictions (frozen per rollout).
+      returns_bn: float32 [B, N] GAE returns (advantages + old values).
+      mask_bn: bool [B, N] response tokens.
+      clip_range: how far V may move from V_old before the clipped term takes over.
+
+    Returns:
+      (loss, {"loss", "value_clipfrac", "value_error" ((V - R)^2, unclipped)}).
+    """
+    clipped_bn = old_values_bn + jnp.clip(values_bn - old_values_bn, -clip_range, clip_range)
+    error_bn = jnp.square(values_bn - returns_bn)
+    clipped_error_bn = jnp.square(clipped_bn - returns_bn)
+    loss_sum, count = masked_sum(0.5 * jnp.maximum(error_bn, clipped_error_bn), mask_bn)
+    metrics = {
+        "loss": (loss_sum, count),
+        "value_clipfrac": masked_sum((clipped_error_bn > error_bn).astype(jnp.float32), mask_bn),
+        "value_error": masked_sum(error_bn, mask_bn),
+    }
+    return loss_sum / jnp.maximum(count, 1.0), metrics
+
+
+def token_entropy(logits_bnv: jax.Array) -> jax.Array:
+    """float32 [B, N]: entropy in nats of softmax(logits) at each position."""
+    logprobs_bnv = jax.nn.log_softmax(logits_bnv.astype(jnp.float32), axis=-1)
+    return -jnp.sum(jnp.exp(logprobs_bnv) * logprobs_bnv, axis=-1)
 
 
 # Name -> loss function. Configs refer to losses by name, and users add their own with
@@ -120,4 +210,6 @@ def ranking_loss(*, scores_bk: jax.Array, prefers_bkk: jax.Array) -> tuple[jax.A
 LOSSES: dict[str, LossFn] = {
     "sft_nll": sft_loss,
     "kwise_ranking": ranking_loss,
+    "ppo_policy": ppo_policy_loss,
+    "ppo_value": ppo_value_loss,
 }

@@ -1,11 +1,12 @@
 """Checkpoints with orbax `CheckpointManager`: train state, data-iterator state, run metadata.
 
-One checkpoint = `state` (TrainState: params, optimizer state, step, RNG; `StandardSave`), `data`
-(the grain iterator's position) and `meta` (JSON: config, counters). Saves are synchronous, so a
-SIGKILL right after `save` returns loses nothing; orbax writes to a temporary directory and renames
-it, so a killed save leaves no half-written checkpoint behind. `keep` bounds how many are kept.
-Restoring takes an abstract state whose leaves carry the *target* shardings, so a run saved on one
-mesh resumes on another.
+One checkpoint = `state` (a pytree such as TrainState: params, optimizer state, step, RNG;
+`StandardSave`), the grain iterators' positions (`data` for one iterator, `data_<name>` for a dict
+of them, e.g. PPO's prompts and pretraining batches) and `meta` (JSON: config, counters). Saves
+are synchronous, so a SIGKILL right after `save` returns loses nothing; orbax writes to a
+temporary directory and renames it, so a killed save leaves no half-written checkpoint behind.
+`keep` bounds how many are kept. Restoring takes an abstract state whose leaves carry the *target*
+shardings, so a run saved on one mesh resumes on another.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
     )
 
 
+def _data_items(data_iterators: Any, make: Any) -> dict[str, Any]:
+    """Composite items for None, one grain iterator, or a {name: iterator} dict."""
+    if data_iterators is None:
+        return {}
+    if isinstance(data_iterators, dict):
+        return {f"data_{name}": make(it) for name, it in data_iterators.items()}
+    return {"data": make(data_iterators)}
+
+
 class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` for (state, data iterator, metadata).
 
@@ -48,12 +58,14 @@ class Checkpointer:
         )
 
     def save(self, step: int, state: Any, data_iterator: Any, meta: dict) -> None:
+        """Saves synchronously; `data_iterator` is a grain iterator, a {name: iterator} dict, or
+        None."""
         self.manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
                 meta=ocp.args.JsonSave(meta),
+                **_data_items(data_iterator, grain.checkpoint.CheckpointSave),
             ),
             force=True,
         )
@@ -64,7 +76,7 @@ class Checkpointer:
 
     def restore(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict] | None:
         """Restores the newest readable checkpoint into `abstract_state`'s shardings and moves
-        `data_iterator` (in place) to its saved position.
+        `data_iterator` (one, a dict as saved, or None; in place) to its saved position.
 
         Returns:
           (state, meta), or None when the directory holds no checkpoint.
@@ -83,8 +95,8 @@ class Checkpointer:
                     step,
                     args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract_state),
-                        data=grain.checkpoint.CheckpointRestore(data_iterator),
                         meta=ocp.args.JsonRestore(),
+                        **_data_items(data_iterator, grain.checkpoint.CheckpointRestore),
                     ),
                 )
             except Exception as e:  # orbax raises many types for unreadable files

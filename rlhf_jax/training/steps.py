@@ -55,8 +55,8 @@ def sft_forward(model: nn.Module, loss_fn: losses_lib.LossFn = losses_lib.sft_lo
 
 
 def last_token_scores(scores_bt: jax.Array, mask_bt: jax.Array) -> jax.Array:
-    """float32 [B]: the score at each row's last attended position (right-padded rows)."""
-    last_b = jnp.maximum(jnp.sum(mask_bt, axis=-1) - 1, 0)
+    """float32 [B]: the score at each row's last attended position (`losses.last_true_index`)."""
+    last_b = losses_lib.last_true_index(mask_bt)
     return jnp.take_along_axis(scores_bt, last_b[:, None], axis=1)[:, 0].astype(jnp.float32)
 
 

@@ -1,0 +1,403 @@
+"""PPO: GAE against a NumPy loop, losses against hand-computed values, reward placement, frozen
+rollout statistics, one compiled program per phase, sharded == single device, and learning."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rlhf_jax import losses, ppo, sharding
+from rlhf_jax import rollout as rollout_lib
+from rlhf_jax.generation import SamplingConfig
+from rlhf_jax.models import CausalLM, ScalarModel, TransformerConfig
+from rlhf_jax.training import state as state_lib
+
+V, P, N, B = 16, 4, 6, 8
+EOS, PAD = 2, 5  # pad id != EOS id on purpose
+
+
+def tiny_config(**overrides) -> TransformerConfig:
+    # Llama family: no biases, so sharded and single-device Adam updates agree (see test_training).
+    fields = dict(
+        vocab_size=V,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=2,
+        embed_dim=16,
+        mlp_dim=32,
+        max_len=16,
+    )
+    return TransformerConfig.llama(**{**fields, **overrides})
+
+
+def prompts(batch: int = B, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(6, V, (batch, P)).astype(np.int32)
+    mask = np.ones((batch, P), bool)
+    for row in range(batch):
+        mask[row, : row % P] = False  # left padding of 0..3 slots
+    tokens[~mask] = PAD
+    return tokens, mask
+
+
+def make_setup(*, reward=None, eos_ids=(EOS,), missing_eos_penalty=None, config=None, seed=0):
+    config = config or tiny_config()
+    policy, value = CausalLM(config), ScalarModel(config)
+    policy_params, policy_specs = state_lib.init_variables(policy, P + N, seed)
+    value_params, value_specs = state_lib.init_variables(value, P + N, seed + 1)
+    rollout_config = rollout_lib.RolloutConfig(
+        SamplingConfig(max_new_tokens=N, eos_ids=eos_ids, pad_id=PAD),
+        missing_eos_penalty=missing_eos_penalty,
+    )
+    models = rollout_lib.RolloutModels(policy=policy, value=value, reward=reward or value)
+    params = rollout_lib.RolloutParams(
+        policy=policy_params, reference=policy_params, value=value_params, reward=value_params
+    )
+    return models, params, rollout_config, (policy_specs, value_specs)
+
+
+# ---------------------------------------------------------------------------------------------
+# GAE, whitening, losses
+# ---------------------------------------------------------------------------------------------
+
+
+def numpy_gae(rewards, values, mask, gamma, lam):
+    b, n = rewards.shape
+    advantages = np.zeros((b, n))
+    for row in range(b):
+        last = 0.0
+        for t in reversed(range(n)):
+            if not mask[row, t]:
+                last = 0.0
+                continue
+            next_value = values[row, t + 1] if t + 1 < n and mask[row, t + 1] else 0.0
+            delta = rewards[row, t] + gamma * next_value - values[row, t]
+            last = delta + gamma * lam * last
+            advantages[row, t] = last
+    return advantages, (advantages + values) * mask
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5), (0.99, 1.0)])
+def test_gae_equals_numpy_loop(gamma, lam):
+    rng = np.random.default_rng(0)
+    rewards = rng.normal(size=(5, 9)).astype(np.float32)
+    values = rng.normal(size=(5, 9)).astype(np.float32)
+    lengths = np.array([9, 1, 4, 7, 2])  # a full response, a one-token one, and early EOS
+    mask = np.arange(9)[None, :] < lengths[:, None]
+    got_adv, got_ret = ppo.gae(
+        jnp.asarray(rewards), jnp.asarray(values), mask, gamma=gamma, lam=lam
+    )
+    want_adv, want_ret = numpy_gae(rewards, values, mask, gamma, lam)
+    np.testing.assert_allclose(got_adv, want_adv, atol=1e-6)
+    np.testing.assert_allclose(got_ret, want_ret, atol=1e-6)
+    assert np.all(np.asarray(got_adv)[~mask] == 0)
+
+
+def test_whiten_uses_masked_entries_only():
+    x = jnp.array([[1.0, 2.0, 3.0, 99.0], [4.0, 5.0, -7.0, 50.0]])
+    mask = jnp.array([[True, True, True, False], [True, True, False, False]])
+    out = np.asarray(ppo.whiten(x, mask))
+    real = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    np.testing.assert_allclose(out[np.asarray(mask)], (real - 3.0) / real.std(), rtol=1e-5)
+    assert np.all(out[~np.asarray(mask)] == 0)
+
+
+def test_ppo_policy_loss_hand_computed():
+    logp = jnp.log(jnp.array([[0.5, 0.3, 0.2]]))
+    old = jnp.log(jnp.array([[0.25, 0.3, 0.4]]))  # ratios 2.0, 1.0, 0.5
+    adv = jnp.array([[1.0, -2.0, -1.0]])
+    mask = jnp.array([[True, True, True]])
+    loss, metrics = losses.ppo_policy_loss(
+        logprobs_bn=logp, old_logprobs_bn=old, advantages_bn=adv, mask_bn=mask, clip_eps=0.2
+    )
+    # token 0: max(-1*2, -1*1.2) = -1.2 (clipped); token 1: max(2, 2) = 2;
+    # token 2: max(0.5, 0.8) = 0.8 (clipped)
+    np.testing.assert_allclose(loss, (-1.2 + 2.0 + 0.8) / 3, rtol=1e-6)
+    mean = losses.metrics_mean(metrics)
+    np.testing.assert_allclose(mean["clipfrac"], 2 / 3, rtol=1e-6)
+    np.testing.assert_allclose(mean["ratio"], (2.0 + 1.0 + 0.5) / 3, rtol=1e-6)
+    k3 = [(2.0 - 1) - np.log(2.0), 0.0, (0.5 - 1) - np.log(0.5)]
+    np.testing.assert_allclose(mean["approx_kl"], np.mean(k3), rtol=1e-5)
+
+
+def test_ppo_value_loss_hand_computed():
+    values = jnp.array([[1.0, 0.0, 2.0]])
+    old = jnp.array([[0.5, 0.0, 0.0]])
+    returns = jnp.array([[2.0, 1.0, 9.0]])
+    mask = jnp.array([[True, True, False]])
+    loss, metrics = losses.ppo_value_loss(
+        values_bn=values, old_values_bn=old, returns_bn=returns, mask_bn=mask, clip_range=0.2
+    )
+    # token 0: V moved 0.5 > 0.2, clipped V = 0.7: max((1-2)^2, (0.7-2)^2) = 1.69
+    # token 1: max(1, 1) = 1; token 2 is masked out
+    np.testing.assert_allclose(loss, 0.5 * (1.69 + 1.0) / 2, rtol=1e-6)
+    mean = losses.metrics_mean(metrics)
+    np.testing.assert_allclose(mean["value_error"], (1.0 + 1.0) / 2, rtol=1e-6)
+    np.testing.assert_allclose(mean["value_clipfrac"], 0.5, rtol=1e-6)
+
+
+def test_last_true_index_any_padding():
+    mask = jnp.array(
+        [
+            [True, True, True, False, False],  # right-padded
+            [False, False, True, True, True],  # left-padded
+            [False, True, True, False, False],  # both
+            [False, False, False, False, False],  # empty
+        ]
+    )
+    assert losses.last_true_index(mask).tolist() == [2, 4, 2, 0]
+
+
+def test_adaptive_kl_controller():
+    config = ppo.KLConfig(kind="adaptive", init_coef=0.1, target=6.0, horizon=100)
+    coef = jnp.float32(0.1)
+    np.testing.assert_allclose(ppo.update_kl_coef(coef, 12.0, 10, config), 0.1 * (1 + 0.2 * 0.1))
+    np.testing.assert_allclose(ppo.update_kl_coef(coef, 6.6, 10, config), 0.1 * (1 + 0.1 * 0.1))
+    np.testing.assert_allclose(ppo.update_kl_coef(coef, 0.0, 10, config), 0.1 * (1 - 0.2 * 0.1))
+    fixed = ppo.KLConfig(kind="fixed", init_coef=0.1)
+    assert float(ppo.update_kl_coef(coef, 12.0, 10, fixed)) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="kind"):
+        ppo.KLConfig(kind="pid")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollout
+# ---------------------------------------------------------------------------------------------
+
+
+def test_score_and_eos_penalty_land_on_last_real_response_token():
+    models, params, config, _ = make_setup(missing_eos_penalty=-3.0)
+    tokens, mask = prompts(16)
+    kl_coef = jnp.float32(0.1)
+    out = rollout_lib.make_rollout(models, config)(params, tokens, mask, kl_coef, jax.random.key(7))
+    response = np.asarray(out.tokens_bs[:, P:])
+    response_mask = np.asarray(out.response_mask_bn)
+    has_eos = (response == EOS).any(axis=1)
+    # With 16 tokens and random weights, some rows stop early at EOS and some never emit one.
+    assert has_eos.any() and (~has_eos).any()
+    assert (response_mask.sum(axis=1) < N).any()
+    expected_last = np.where(has_eos, np.argmax(response == EOS, axis=1), N - 1)
+    np.testing.assert_array_equal(out.has_eos_b, has_eos)
+    # After EOS: pad id (not EOS) and masked out.
+    for row in range(16):
+        assert np.all(response[row, expected_last[row] + 1 :] == PAD)
+        assert response_mask[row].sum() == expected_last[row] + 1
+
+    scores_bs = np.asarray(
+        models.reward.apply(params.reward, out.tokens_bs, out.attention_mask_bs).scores_bt
+    )
+    np.testing.assert_allclose(
+        out.raw_score_b, scores_bs[np.arange(16), P + expected_last], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        out.score_b, np.asarray(out.raw_score_b) + np.where(has_eos, 0.0, -3.0), rtol=1e-6
+    )
+    sequence_part = np.asarray(out.rewards_bn) + float(kl_coef) * np.asarray(out.kl_bn)
+    want = np.zeros((16, N))
+    want[np.arange(16), expected_last] = np.asarray(out.score_b)
+    np.testing.assert_allclose(sequence_part, want, atol=1e-5)
+    assert np.all(np.asarray(out.rewards_bn)[~response_mask] == 0)
+    assert np.all(np.asarray(out.values_bn)[~response_mask] == 0)
+
+
+def test_policy_equal_to_reference_gives_zero_kl():
+    models, params, config, _ = make_setup()
+    tokens, mask = prompts()
+    out = rollout_lib.make_rollout(models, config)(
+        params, tokens, mask, jnp.float32(0.5), jax.random.key(1)
+    )
+    assert np.all(np.asarray(out.kl_bn) == 0.0)
+    assert np.all(np.asarray(out.logprobs_bn)[np.asarray(out.response_mask_bn)] < 0)
+    # And the first PPO minibatch sees a ratio of exactly 1 (nothing has been updated yet).
+    tx = optax.adam(1e-2)
+    state = ppo.create_ppo_state(params.policy, params.value, tx, tx, ppo.KLConfig(), seed=0)
+    update = jax.jit(
+        ppo.make_ppo_update(
+            models.policy, models.value, tx, tx, ppo.PPOConfig(epochs=2, minibatches=2)
+        )
+    )
+    _, metrics = update(state, out, None, jax.random.key(2))
+    deviation = np.asarray(metrics["per_minibatch"]["ratio_deviation"])
+    clipfrac = np.asarray(metrics["per_minibatch"]["clipfrac"])
+    assert deviation[0, 0] < 1e-6 and clipfrac[0, 0] == 0.0
+    # Statistics are frozen: after the first step the policy has moved, so the ratio has too.
+    assert np.all(deviation.ravel()[1:] > 1e-4)
+
+
+def test_rollout_config_errors():
+    with pytest.raises(ValueError, match="eos_ids"):
+        rollout_lib.RolloutConfig(SamplingConfig(max_new_tokens=4), missing_eos_penalty=-1.0)
+    with pytest.raises(ValueError, match="score_scale"):
+        rollout_lib.RolloutConfig(SamplingConfig(max_new_tokens=4), score_scale=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Iterations: compiled once, no stray transfers, sharded == single device, resumable state
+# ---------------------------------------------------------------------------------------------
+
+TARGET = 7
+
+
+def target_fraction(_params, tokens_bs, attention_mask_bs, response_mask_bn):
+    """Programmatic reward: the share of response tokens equal to TARGET."""
+    response_bn = tokens_bs[:, -response_mask_bn.shape[1] :]
+    hits_b = jnp.sum((response_bn == TARGET) & response_mask_bn, axis=-1)
+    return hits_b / jnp.maximum(jnp.sum(response_mask_bn, axis=-1), 1)
+
+
+def ptx_batch(rows: int = 8):
+    """'Pretraining' text: rotations of 6..15 (TARGET is one token in ten)."""
+    tokens = np.stack([np.roll(np.arange(6, 16, dtype=np.int32), -i) for i in range(rows)])
+    ones = np.ones(tokens.shape, bool)
+    return {"tokens_bt": tokens, "mask_bt": ones, "loss_mask_bt": ones}
+
+
+def make_iteration(models, config, *, lr=3e-3, ptx_coef=0.0, mesh=None, specs=None, params=None):
+    policy_tx, value_tx = optax.adam(lr), optax.adam(1e-2)
+    ppo_config = ppo.PPOConfig(
+        epochs=4, minibatches=2, ptx_coef=ptx_coef, kl=ppo.KLConfig("adaptive", 0.05, 4.0, 100)
+    )
+    update = ppo.make_ppo_update(models.policy, models.value, policy_tx, value_tx, ppo_config)
+    state = ppo.create_ppo_state(
+        params.policy, params.value, policy_tx, value_tx, ppo_config.kl, seed=0
+    )
+    if mesh is None:
+        rollout_fn = rollout_lib.make_rollout(models, config)
+        return state, rollout_fn, jax.jit(update)
+    policy_specs, value_specs = specs
+    policy_sh = sharding.logical_shardings(policy_specs, mesh, shapes=params.policy)
+    value_sh = sharding.logical_shardings(value_specs, mesh, shapes=params.value)
+    state_sh = ppo.ppo_state_shardings(
+        state_lib.state_shardings(policy_sh, policy_tx, params.policy, mesh),
+        state_lib.state_shardings(value_sh, value_tx, params.value, mesh),
+        mesh,
+    )
+    rollout_fn = rollout_lib.make_rollout(
+        models,
+        config,
+        mesh=mesh,
+        param_shardings=rollout_lib.RolloutParams(policy_sh, policy_sh, value_sh, value_sh),
+    )
+    return (
+        sharding.put_on_mesh(state, state_sh),
+        rollout_fn,
+        ppo.jit_ppo_update(update, mesh, state_sh),
+    )
+
+
+def test_rollout_and_update_compile_once_and_move_no_data_implicitly():
+    models, params, config, _ = make_setup(missing_eos_penalty=-1.0)
+    state, rollout_fn, update_fn = make_iteration(models, config, ptx_coef=0.5, params=params)
+    iteration = ppo.make_iteration(rollout_fn, update_fn)
+    tokens, mask = prompts()
+    # Inputs are placed explicitly once; everything after that stays on device.
+    placed = jax.device_put((tokens, mask, ptx_batch(), params.reference, params.reward))
+    tokens, mask, ptx, reference, reward = placed
+    history = []
+    with jax.transfer_guard("disallow"):
+        for _ in range(3):
+            state, _, metrics = iteration(state, reference, reward, tokens, mask, ptx)
+            history.append(jax.device_get(metrics["rollout/score"]))  # the intended host read
+    assert rollout_fn._cache_size() == 1 and update_fn._cache_size() == 1
+    assert int(state.iteration) == 3 and int(state.policy.step) == 3 * 4 * 2
+    assert len(history) == 3
+
+
+def test_ppo_iteration_sharded_equals_single_device():
+    models, params, config, specs = make_setup(missing_eos_penalty=-1.0)
+    tokens, mask = prompts()
+    results = []
+    for mesh in (None, sharding.make_mesh(data=2, fsdp=2, tensor=2)):
+        state, rollout_fn, update_fn = make_iteration(
+            models, config, ptx_coef=0.5, mesh=mesh, specs=specs, params=params
+        )
+        iteration = ppo.make_iteration(rollout_fn, update_fn)
+        ptx = ptx_batch()
+        if mesh is not None:
+            tokens_in, mask_in = sharding.put_batch((tokens, mask), mesh)
+            ptx = sharding.put_batch(ptx, mesh)
+        else:
+            tokens_in, mask_in = tokens, mask
+        state, batch, metrics = iteration(
+            state, params.reference, params.reward, tokens_in, mask_in, ptx
+        )
+        results.append(jax.device_get((state, batch, metrics["policy/loss"])))
+    (single, single_batch, single_loss), (sharded, sharded_batch, sharded_loss) = results
+    np.testing.assert_array_equal(sharded_batch.tokens_bs, single_batch.tokens_bs)
+    chex.assert_trees_all_close(sharded_batch, single_batch, atol=1e-5)
+    np.testing.assert_allclose(sharded_loss, single_loss, rtol=1e-5)
+    chex.assert_trees_all_close(sharded.policy.params, single.policy.params, atol=1e-5)
+    chex.assert_trees_all_close(sharded.value.params, single.value.params, atol=1e-5)
+    chex.assert_trees_all_close(sharded.policy.opt_state, single.policy.opt_state, atol=1e-5)
+    np.testing.assert_allclose(sharded.kl_coef, single.kl_coef, rtol=1e-6)
+    assert not np.allclose(  # the update moved the params
+        single.policy.params["params"]["decoder"]["layer_0"]["mlp"]["up"]["kernel"],
+        params.policy["params"]["decoder"]["layer_0"]["mlp"]["up"]["kernel"],
+    )
+
+
+def test_ppo_state_checkpoint_keeps_kl_value_and_both_optimizers(tmp_path):
+    from rlhf_jax.training.checkpoint import Checkpointer, abstract_like
+
+    models, params, config, _ = make_setup()
+    state, rollout_fn, update_fn = make_iteration(models, config, params=params)
+    iteration = ppo.make_iteration(rollout_fn, update_fn)
+    tokens, mask = prompts()
+    state, _, _ = iteration(state, params.reference, params.reward, tokens, mask, None)
+    assert float(state.kl_coef) != pytest.approx(0.05)  # the adaptive controller moved it
+    checkpointer = Checkpointer(tmp_path / "ckpt", keep=2)
+    checkpointer.save(int(state.iteration), state, None, {"seed": 0})
+    fresh = ppo.create_ppo_state(
+        params.policy, params.value, optax.adam(3e-3), optax.adam(1e-2), ppo.KLConfig(), seed=1
+    )
+    shardings = jax.tree_util.tree_map(lambda x: x.sharding, fresh)
+    restored, _ = checkpointer.restore(abstract_like(fresh, shardings), None)
+    checkpointer.close()
+    chex.assert_trees_all_equal(restored, state)
+    assert int(restored.value.step) == 8 and float(restored.kl_coef) == float(state.kl_coef)
+
+
+def run_target_token_ppo(ptx_coef: float, iterations: int = 30):
+    models, params, config, _ = make_setup(reward=target_fraction, eos_ids=())
+    ptx = ptx_batch()
+    nll_fn = jax.jit(
+        lambda p: losses.sft_loss(
+            logits_btv=models.policy.apply(p, ptx["tokens_bt"]).logits_btv,
+            tokens_bt=ptx["tokens_bt"],
+            loss_mask_bt=ptx["loss_mask_bt"],
+        )[0]
+    )
+    # A short "pretraining" on the ptx text, so there is something for PPO to forget.
+    sft_tx = optax.adam(1e-2)
+    policy, opt_state = params.policy, sft_tx.init(params.policy)
+    grad_fn = jax.jit(jax.grad(nll_fn))
+    for _ in range(20):
+        updates, opt_state = sft_tx.update(grad_fn(policy), opt_state, policy)
+        policy = optax.apply_updates(policy, updates)
+    params = params.replace(policy=policy, reference=policy)
+    state, rollout_fn, update_fn = make_iteration(models, config, ptx_coef=ptx_coef, params=params)
+    iteration = ppo.make_iteration(rollout_fn, update_fn)
+    tokens, mask = prompts(16)
+    scores, kls = [], []
+    for _ in range(iterations):
+        state, _, metrics = iteration(
+            state, params.reference, params.reward, tokens, mask, ptx if ptx_coef else None
+        )
+        scores.append(float(metrics["rollout/score"][0] / metrics["rollout/score"][1]))
+        kls.append(float(metrics["rollout/kl"][0] / metrics["rollout/kl"][1]))
+    nll_rise = float(nll_fn(state.policy.params) - nll_fn(params.policy))
+    return scores, kls, nll_rise
+
+
+@pytest.mark.slow
+def test_ppo_learns_a_programmatic_reward_and_ptx_limits_the_alignment_tax():
+    scores, kls, nll_rise_ppo = run_target_token_ppo(ptx_coef=0.0)
+    # Mean reward (share of the target token) rises by at least 0.15 absolute within 30
+    # iterations (0.13 -> ~0.4 with this seed), while KL to the reference stays bounded.
+    assert np.mean(scores[-5:]) - scores[0] >= 0.15, scores
+    assert max(kls) < 15.0, kls  # nats per 6-token response
+    _, _, nll_rise_ptx = run_target_token_ppo(ptx_coef=1.0)
+    # PPO alone raises the pretraining NLL; with the ptx term it rises less (here: it falls).
+    assert nll_rise_ppo > 0.1 and nll_rise_ptx < nll_rise_ppo, (nll_rise_ppo, nll_rise_ptx)
