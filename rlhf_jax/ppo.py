@@ -130,17 +130,23 @@ def update_kl_coef(coef: jax.Array, observed_kl: jax.Array, n_steps: int, config
 class PPOState(struct.PyTreeNode):
     """Everything PPO updates and a checkpoint stores.
 
-    iteration: int32 scalar, PPO iterations (rollout + update) done.
+    step: int32 scalar, PPO iterations (rollout + update) done.
     policy, value: TrainStates (params, optimizer state, step, rng) of the two trained models.
     kl_coef: float32 scalar, the current KL penalty coefficient.
-    rng: uint32 [2] raw key data; iteration i uses `iteration_rng(state)`.
+    rng: uint32 [2] raw key data; iteration i uses `training.state.step_rng(state)` =
+      fold_in(rng, i), as the SFT/RM train states do, so `training.loop.train_loop` drives PPO too.
     """
 
-    iteration: jax.Array
+    step: jax.Array
     policy: TrainState
     value: TrainState
     kl_coef: jax.Array
     rng: jax.Array
+
+    @property
+    def params(self) -> Any:
+        """The policy's variables (what evaluation and export read)."""
+        return self.policy.params
 
 
 def create_ppo_state(
@@ -160,18 +166,12 @@ def create_ppo_state(
         )
 
     return PPOState(
-        iteration=jnp.zeros((), jnp.int32),
+        step=jnp.zeros((), jnp.int32),
         policy=train_state(policy_params, policy_tx, 1),
         value=train_state(value_params, value_tx, 2),
         kl_coef=jnp.asarray(kl.init_coef, jnp.float32),
         rng=jax.random.key_data(jax.random.key(seed)),
     )
-
-
-def iteration_rngs(state: PPOState) -> tuple[jax.Array, jax.Array]:
-    """(rollout key, update key) of the iteration `state` is about to run."""
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.iteration)
-    return jax.random.split(key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,14 +337,21 @@ def make_ppo_update(
             value_grads, value_metrics = jax.grad(value_objective, has_aux=True)(
                 value_state.params, mb
             )
-            policy_state = apply(policy_state, policy_tx, policy_grads)
-            value_state = apply(value_state, value_tx, value_grads)
+            policy_norm, value_norm = optax.tree.norm(policy_grads), optax.tree.norm(value_grads)
+            # A NaN/inf gradient skips this minibatch's updates (both models), as in SFT/RM.
+            finite = jnp.isfinite(policy_norm) & jnp.isfinite(value_norm)
+            keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+                lambda n, o: jnp.where(finite, n, o), new, old
+            )
+            policy_state = keep(apply(policy_state, policy_tx, policy_grads), policy_state)
+            value_state = keep(apply(value_state, value_tx, value_grads), value_state)
             one = jnp.ones((), jnp.float32)
-            norms = {
-                "policy/grad_norm": (optax.tree.norm(policy_grads) * one, one),
-                "value/grad_norm": (optax.tree.norm(value_grads) * one, one),
+            extra = {
+                "policy/grad_norm": (policy_norm * one, one),
+                "value/grad_norm": (value_norm * one, one),
+                "nonfinite": ((~finite).astype(jnp.float32), one),
             }
-            return (policy_state, value_state), {**policy_metrics, **value_metrics, **norms}
+            return (policy_state, value_state), {**policy_metrics, **value_metrics, **extra}
 
         def epoch_step(carry, epoch_rng):
             rollout_rng, ptx_rng = jax.random.split(epoch_rng)
@@ -368,7 +375,7 @@ def make_ppo_update(
         }
         observed_kl = jnp.mean(jnp.sum(batch.kl_bn, axis=-1))
         new_state = state.replace(
-            iteration=state.iteration + 1,
+            step=state.step + 1,
             policy=policy_state,
             value=value_state,
             kl_coef=update_kl_coef(state.kl_coef, observed_kl, rows, config.kl),
@@ -377,7 +384,9 @@ def make_ppo_update(
         metrics = {
             **summed,
             **{f"rollout/{k}": v for k, v in rollout_metrics(batch).items()},
+            "loss": summed["policy/loss"],
             "kl_coef": (state.kl_coef * one, one),
+            "generated_tokens": (jnp.sum(mask_bn.astype(jnp.float32)), one),
             "per_minibatch": per_minibatch,
         }
         return new_state, metrics
@@ -385,29 +394,46 @@ def make_ppo_update(
     return update
 
 
-def make_iteration(rollout_fn: Callable, update_fn: Callable) -> Callable:
-    """One PPO iteration from a jitted rollout (`rollout.make_rollout`) and a jitted update
-    (`make_ppo_update` + `jit_ppo_update`): two compiled calls, no host round trip between them.
+def make_iteration(
+    rollout_fn: Callable, update_fn: Callable, reference_params: Any, reward_params: Any
+) -> Callable:
+    """One PPO iteration as a train step, `step(state, batch, rng) -> (state, metrics)`: the jitted
+    rollout (`rollout.make_rollout`) then the jitted update (`make_ppo_update` +
+    `jit_ppo_update`), two compiled calls with no host round trip between them.
 
-    Returns:
-      fn(state, reference_params, reward_params, prompt_tokens_bp, prompt_mask_bp, ptx_batch)
-      -> (state, rollout, metrics).
+    Args:
+      rollout_fn, update_fn: the two jitted functions.
+      reference_params, reward_params: the frozen models' variables (on the mesh).
+
+    The batch holds `tokens_bp` / `mask_bp` (left-padded prompts) and, for PPO-ptx,
+    `ptx_tokens_bt` / `ptx_mask_bt` / `ptx_loss_mask_bt`. Metrics are the update's, without the
+    per-minibatch arrays (see `make_ppo_update`), so `training.loop.train_loop` can run PPO.
     """
     from rlhf_jax.rollout import RolloutParams
 
-    def iteration(state, reference_params, reward_params, prompt_tokens_bp, prompt_mask_bp, ptx):
-        rollout_rng, update_rng = iteration_rngs(state)
+    def step(state: PPOState, batch: Batch, rng: jax.Array):
+        rollout_rng, update_rng = jax.random.split(rng)
         params = RolloutParams(
             policy=state.policy.params,
             reference=reference_params,
             value=state.value.params,
             reward=reward_params,
         )
-        batch = rollout_fn(params, prompt_tokens_bp, prompt_mask_bp, state.kl_coef, rollout_rng)
-        state, metrics = update_fn(state, batch, ptx, update_rng)
-        return state, batch, metrics
+        experience = rollout_fn(
+            params, batch["tokens_bp"], batch["mask_bp"], state.kl_coef, rollout_rng
+        )
+        ptx = None
+        if "ptx_tokens_bt" in batch:
+            ptx = {
+                "tokens_bt": batch["ptx_tokens_bt"],
+                "mask_bt": batch["ptx_mask_bt"],
+                "loss_mask_bt": batch["ptx_loss_mask_bt"],
+            }
+        state, metrics = update_fn(state, experience, ptx, update_rng)
+        metrics = {k: v for k, v in metrics.items() if k != "per_minibatch"}
+        return state, metrics
 
-    return iteration
+    return step
 
 
 def ppo_state_shardings(
@@ -416,7 +442,7 @@ def ppo_state_shardings(
     """Shardings of a PPOState from those of its two TrainStates (`state.state_shardings`)."""
     replicated = sharding_lib.replicated(mesh)
     return PPOState(
-        iteration=replicated,
+        step=replicated,
         policy=policy_shardings,
         value=value_shardings,
         kl_coef=replicated,

@@ -287,21 +287,27 @@ def make_iteration(models, config, *, lr=3e-3, ptx_coef=0.0, mesh=None, specs=No
     )
 
 
+def iteration_batch(tokens, mask, ptx=None):
+    batch = {"tokens_bp": tokens, "mask_bp": mask}
+    if ptx is not None:
+        batch.update({f"ptx_{k}": v for k, v in ptx.items()})
+    return batch
+
+
 def test_rollout_and_update_compile_once_and_move_no_data_implicitly():
     models, params, config, _ = make_setup(missing_eos_penalty=-1.0)
     state, rollout_fn, update_fn = make_iteration(models, config, ptx_coef=0.5, params=params)
-    iteration = ppo.make_iteration(rollout_fn, update_fn)
-    tokens, mask = prompts()
     # Inputs are placed explicitly once; everything after that stays on device.
-    placed = jax.device_put((tokens, mask, ptx_batch(), params.reference, params.reward))
-    tokens, mask, ptx, reference, reward = placed
+    reference, reward = jax.device_put((params.reference, params.reward))
+    iteration = ppo.make_iteration(rollout_fn, update_fn, reference, reward)
+    batch = jax.device_put(iteration_batch(*prompts(), ptx_batch()))
     history = []
     with jax.transfer_guard("disallow"):
         for _ in range(3):
-            state, _, metrics = iteration(state, reference, reward, tokens, mask, ptx)
+            state, metrics = iteration(state, batch, state_lib.step_rng(state))
             history.append(jax.device_get(metrics["rollout/score"]))  # the intended host read
     assert rollout_fn._cache_size() == 1 and update_fn._cache_size() == 1
-    assert int(state.iteration) == 3 and int(state.policy.step) == 3 * 4 * 2
+    assert int(state.step) == 3 and int(state.policy.step) == 3 * 4 * 2
     assert len(history) == 3
 
 
@@ -313,17 +319,22 @@ def test_ppo_iteration_sharded_equals_single_device():
         state, rollout_fn, update_fn = make_iteration(
             models, config, ptx_coef=0.5, mesh=mesh, specs=specs, params=params
         )
-        iteration = ppo.make_iteration(rollout_fn, update_fn)
-        ptx = ptx_batch()
+        iteration = ppo.make_iteration(rollout_fn, update_fn, params.reference, params.reward)
+        batch = iteration_batch(tokens, mask, ptx_batch())
         if mesh is not None:
-            tokens_in, mask_in = sharding.put_batch((tokens, mask), mesh)
-            ptx = sharding.put_batch(ptx, mesh)
-        else:
-            tokens_in, mask_in = tokens, mask
-        state, batch, metrics = iteration(
-            state, params.reference, params.reward, tokens_in, mask_in, ptx
+            batch = sharding.put_batch(batch, mesh)
+        rng = state_lib.step_rng(state)
+        experience = rollout_fn(
+            rollout_lib.RolloutParams(
+                state.policy.params, params.reference, state.value.params, params.reward
+            ),
+            batch["tokens_bp"],
+            batch["mask_bp"],
+            state.kl_coef,
+            jax.random.split(rng)[0],  # the iteration's rollout key
         )
-        results.append(jax.device_get((state, batch, metrics["policy/loss"])))
+        state, metrics = iteration(state, batch, rng)
+        results.append(jax.device_get((state, experience, metrics["policy/loss"])))
     (single, single_batch, single_loss), (sharded, sharded_batch, sharded_loss) = results
     np.testing.assert_array_equal(sharded_batch.tokens_bs, single_batch.tokens_bs)
     chex.assert_trees_all_close(sharded_batch, single_batch, atol=1e-5)
@@ -343,12 +354,11 @@ def test_ppo_state_checkpoint_keeps_kl_value_and_both_optimizers(tmp_path):
 
     models, params, config, _ = make_setup()
     state, rollout_fn, update_fn = make_iteration(models, config, params=params)
-    iteration = ppo.make_iteration(rollout_fn, update_fn)
-    tokens, mask = prompts()
-    state, _, _ = iteration(state, params.reference, params.reward, tokens, mask, None)
+    iteration = ppo.make_iteration(rollout_fn, update_fn, params.reference, params.reward)
+    state, _ = iteration(state, iteration_batch(*prompts()), state_lib.step_rng(state))
     assert float(state.kl_coef) != pytest.approx(0.05)  # the adaptive controller moved it
     checkpointer = Checkpointer(tmp_path / "ckpt", keep=2)
-    checkpointer.save(int(state.iteration), state, None, {"seed": 0})
+    checkpointer.save(int(state.step), state, None, {"seed": 0})
     fresh = ppo.create_ppo_state(
         params.policy, params.value, optax.adam(3e-3), optax.adam(1e-2), ppo.KLConfig(), seed=1
     )
@@ -378,13 +388,11 @@ def run_target_token_ppo(ptx_coef: float, iterations: int = 30):
         policy = optax.apply_updates(policy, updates)
     params = params.replace(policy=policy, reference=policy)
     state, rollout_fn, update_fn = make_iteration(models, config, ptx_coef=ptx_coef, params=params)
-    iteration = ppo.make_iteration(rollout_fn, update_fn)
-    tokens, mask = prompts(16)
+    iteration = ppo.make_iteration(rollout_fn, update_fn, params.reference, params.reward)
+    batch = iteration_batch(*prompts(16), ptx if ptx_coef else None)
     scores, kls = [], []
     for _ in range(iterations):
-        state, _, metrics = iteration(
-            state, params.reference, params.reward, tokens, mask, ptx if ptx_coef else None
-        )
+        state, metrics = iteration(state, batch, state_lib.step_rng(state))
         scores.append(float(metrics["rollout/score"][0] / metrics["rollout/score"][1]))
         kls.append(float(metrics["rollout/kl"][0] / metrics["rollout/kl"][1]))
     nll_rise = float(nll_fn(state.policy.params) - nll_fn(params.policy))

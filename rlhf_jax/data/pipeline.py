@@ -113,10 +113,15 @@ def best_response(responses: Sequence[Any], pairs: np.ndarray) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TokenizeDemonstration(grain.transforms.Map):
-    """Demonstration record (or comparison: its best response) -> SFT element."""
+    """Demonstration record (or comparison: its best response) -> SFT element.
+
+    With `loss_on_prompt`, every real token is a target (a language-modelling NLL over the whole
+    text, as for PPO-ptx's pretraining term); by default only the response is.
+    """
 
     tokenizer: Tokenizer
     spec: SequenceSpec
+    loss_on_prompt: bool = False
 
     def map(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if "response" in record:
@@ -130,6 +135,8 @@ class TokenizeDemonstration(grain.transforms.Map):
             as_text(response),
             as_text(record.get("id", "?")),
         )
+        if self.loss_on_prompt:
+            loss_mask = mask.copy()
         skipped = overlong and self.spec.overlong == "skip"
         if skipped:
             mask[:] = False
@@ -140,6 +147,24 @@ class TokenizeDemonstration(grain.transforms.Map):
             "loss_mask_t": loss_mask,
             "truncated": np.int32(truncated),
             "skipped": np.int32(skipped),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizePrompt(grain.transforms.Map):
+    """Any record's prompt -> a left-padded PPO prompt of `max_prompt_len` tokens (an over-long
+    prompt keeps its last tokens, counted in `truncated`; see `Tokenizer.encode_prompts`)."""
+
+    tokenizer: Tokenizer
+    max_prompt_len: int
+
+    def map(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        encoded = self.tokenizer.encode_prompts([as_text(record["prompt"])], self.max_prompt_len)
+        return {
+            "tokens_p": encoded.tokens_bp[0],
+            "mask_p": encoded.mask_bp[0],
+            "truncated": np.int32(encoded.num_truncated),
+            "skipped": np.int32(0),
         }
 
 

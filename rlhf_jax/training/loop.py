@@ -132,6 +132,10 @@ def train_loop(
                 elapsed = time.perf_counter() - t0
                 last_train = means(totals)
                 last_train["tokens_per_s"] = tokens / max(elapsed, 1e-9)
+                if "generated_tokens" in totals:  # PPO: sampled response tokens per second
+                    last_train["generated_tokens_per_s"] = totals["generated_tokens"][0] / max(
+                        elapsed, 1e-9
+                    )
                 for count_name in ("truncated", "skipped", "nonfinite"):  # counts, not means
                     last_train[count_name] = totals[count_name][0]
                 writer.write(done, last_train, prefix="train/")
