@@ -7,8 +7,12 @@ reply skipped and counted); it is split once, by TFDS slicing, into 90% train / 
   python -m experiments.reward --config=experiments/configs/hh_tiny.py:reward \
       --workdir=/tmp/hh_rm --config.model.sft_dir=/tmp/hh_sft/model
 
+  python -m experiments.ppo --config=experiments/configs/hh_tiny.py:ppo --workdir=/tmp/hh_ppo \
+      --config.model.sft_dir=/tmp/hh_sft/model --config.model.reward_dir=/tmp/hh_rm/model
+
 Variants: "sft" (chosen replies as demonstrations), "reward" (K = 2 comparisons; from the SFT
-model when model.sft_dir is set, else from scratch with a locally trained tokenizer).
+model when model.sft_dir is set, else from scratch with a locally trained tokenizer), "ppo"
+(prompts of the training split; PPO-ptx with --config.ppo.ptx_coef=1.0).
 """
 
 import ml_collections
@@ -83,6 +87,39 @@ def get_config(variant: str = "sft") -> ml_collections.ConfigDict:
             # training comparison, InstructGPT's "labeler demonstrations" stand-in.
             dict(reference_split="test[:90%]", reference_name="")
         )
+    elif variant == "ppo":
+        c.loss = "ppo_policy"
+        c.model.reward_dir = ""  # an experiments.reward workdir/model
+        c.model.dropout_rate = 0.0
+        c.data.max_prompt_len = 96
+        c.optim.update(learning_rate=1e-5, value_learning_rate=1e-5, warmup_steps=5)
+        c.train.update(batch_size=16, num_steps=60, log_every=5, eval_every=20, checkpoint_every=20)
+        c.ppo = ml_collections.ConfigDict(
+            dict(
+                epochs=4,
+                minibatches=4,
+                clip_eps=0.2,
+                value_clip=0.2,
+                gamma=1.0,
+                lam=0.95,
+                whiten_advantages=True,
+                entropy_coef=0.0,
+                ptx_coef=0.0,  # > 0 for PPO-ptx
+                ptx_batch_size=16,
+                temperature=1.0,
+                max_new_tokens=48,
+                kl_kind="fixed",  # or "adaptive"
+                kl_coef=0.02,  # InstructGPT's beta
+                kl_target=6.0,
+                kl_horizon=10_000,
+                score_clip=0.0,  # 0 disables
+                missing_eos_penalty=0.0,  # 0 disables; e.g. -1.0
+                eval_batches=2,
+                sample_rows=8,
+            )
+        )
+        # PPO-ptx's "pretraining" stand-in here: the HH chosen dialogues (loss on every token).
+        c.ptx = ml_collections.ConfigDict(dict(name="", split="test[:90%]"))
     else:
-        raise ValueError(f"Unknown variant {variant!r}; expected 'sft' or 'reward'.")
+        raise ValueError(f"Unknown variant {variant!r}; expected 'sft', 'reward' or 'ppo'.")
     return c

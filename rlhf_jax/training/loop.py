@@ -139,9 +139,9 @@ def train_loop(
                 for count_name in ("truncated", "skipped", "nonfinite"):  # counts, not means
                     last_train[count_name] = totals[count_name][0]
                 writer.write(done, last_train, prefix="train/")
-                bar.set_postfix(
-                    loss=f"{last_train['loss']:.4f}", tok_s=f"{last_train['tokens_per_s']:.0f}"
-                )
+                # PPO shows sampled tokens/s; SFT/RM the tokens they trained on.
+                shown_rate = last_train.get("generated_tokens_per_s", last_train["tokens_per_s"])
+                bar.set_postfix(loss=f"{last_train['loss']:.4f}", tok_s=f"{shown_rate:.0f}")
                 if last_train["nonfinite"]:
                     logging.warning(
                         "%d steps up to step %d had a non-finite loss or gradient; their updates "

@@ -1,0 +1,329 @@
+r"""PPO and PPO-ptx (InstructGPT step 3): the SFT policy against the reward model.
+
+  python -m experiments.ppo --config=experiments/configs/hh_tiny.py:ppo --workdir=/tmp/hh_ppo \
+      --config.model.sft_dir=/tmp/hh_sft/model --config.model.reward_dir=/tmp/hh_rm/model
+  # PPO-ptx: add --config.ppo.ptx_coef=1.0
+
+The policy and the frozen reference load from the SFT model (a transformers directory), the
+frozen RM and the value model (initialised from it) from the reward run's export. Each iteration
+is one fused rollout call and one update call (`rlhf_jax.ppo.make_iteration`), driven by the same
+loop as SFT/RM: progress bar, metrics (JSONL + TensorBoard + png), SIGTERM, checkpoints of the
+whole PPOState (both models, both optimizers, the KL coefficient) and of the prompt/ptx iterators;
+rerunning the command resumes. Every `train.eval_every` iterations the policy answers the held-out
+prompts; their mean RM score and KL are logged and a table of samples goes to workdir/samples.md.
+The final policy is exported as a transformers directory (workdir/model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
+
+from experiments import common
+from rlhf_jax import ppo, sharding
+from rlhf_jax import rollout as rollout_lib
+from rlhf_jax.data import pipeline
+from rlhf_jax.data.tokenizer import Tokenizer
+from rlhf_jax.generation import SamplingConfig
+from rlhf_jax.models import CausalLM, ScalarModel, hf
+from rlhf_jax.training import export, optim
+from rlhf_jax.training import state as state_lib
+from rlhf_jax.training.checkpoint import Checkpointer, abstract_like
+from rlhf_jax.training.loop import LoopConfig, means, sum_metrics, train_loop
+from rlhf_jax.training.metrics_writer import MetricWriter
+
+
+def _load_models(config: ml_collections.ConfigDict):
+    """(policy config, policy params, reward config, reward params) from the two exports."""
+    sft_dir = common.resolve_path(config.model.get("sft_dir"))
+    reward_dir = common.resolve_path(config.model.get("reward_dir"))
+    if not sft_dir or not reward_dir:
+        raise ValueError(
+            "PPO needs --config.model.sft_dir (an experiments.sft workdir/model) and "
+            "--config.model.reward_dir (an experiments.reward workdir/model)."
+        )
+    overrides = {**common.model_overrides(config.model), "dropout_rate": 0.0}  # no dropout in RL
+    policy_config, policy_params = hf.load_pretrained(sft_dir, **overrides)
+    kind, reward_config, reward_params = export.load_model(reward_dir)
+    if kind != "reward":
+        raise ValueError(f"{reward_dir} holds a {kind!r} model, not a reward model.")
+    reward_config = dataclasses.replace(reward_config, dropout_rate=0.0)
+    return sft_dir, policy_config, policy_params, reward_config, reward_params
+
+
+def _optimizer(config, learning_rate: float):
+    return optim.make_optimizer(
+        learning_rate=learning_rate,
+        warmup_steps=config.optim.warmup_steps,
+        # Each iteration takes epochs x minibatches optimizer steps.
+        total_steps=config.train.num_steps * config.ppo.epochs * config.ppo.minibatches,
+        weight_decay=config.optim.weight_decay,
+        b1=config.optim.b1,
+        b2=config.optim.b2,
+        clip_norm=config.optim.clip_norm,
+    )
+
+
+def _ppo_config(config) -> ppo.PPOConfig:
+    p = config.ppo
+    return ppo.PPOConfig(
+        epochs=p.epochs,
+        minibatches=p.minibatches,
+        clip_eps=p.clip_eps,
+        value_clip=p.value_clip,
+        gamma=p.gamma,
+        lam=p.lam,
+        whiten_advantages=p.whiten_advantages,
+        entropy_coef=p.entropy_coef,
+        ptx_coef=p.ptx_coef,
+        temperature=p.temperature,
+        kl=ppo.KLConfig(
+            kind=p.kl_kind, init_coef=p.kl_coef, target=p.kl_target, horizon=p.kl_horizon
+        ),
+    )
+
+
+def _rollout_config(config, tokenizer: Tokenizer) -> rollout_lib.RolloutConfig:
+    p = config.ppo
+    return rollout_lib.RolloutConfig(
+        SamplingConfig(
+            max_new_tokens=p.max_new_tokens,
+            temperature=p.temperature,
+            eos_ids=(tokenizer.eos_id,),
+            pad_id=tokenizer.pad_id,
+        ),
+        score_clip=p.score_clip or None,
+        missing_eos_penalty=p.missing_eos_penalty if p.missing_eos_penalty else None,
+    )
+
+
+def _datasets(config, tokenizer: Tokenizer, prompt_source, ptx_source):
+    """One grain dataset of iteration batches: prompts (+ "ptx_..." pretraining rows)."""
+    prompts = pipeline.make_dataset(
+        prompt_source,
+        pipeline.TokenizePrompt(tokenizer, config.data.max_prompt_len),
+        batch_size=config.train.batch_size,
+        seed=config.seed,
+    )
+    if ptx_source is None:
+        return prompts
+    spec = common.sequence_spec(config.data)
+    ptx = pipeline.make_dataset(
+        ptx_source,
+        pipeline.TokenizeDemonstration(tokenizer, spec, loss_on_prompt=True),
+        batch_size=config.ppo.ptx_batch_size,
+        seed=config.seed + 1,
+    )
+    return prompts.map_with_index(
+        lambda i, batch: {**batch, **{f"ptx_{k}": v for k, v in ptx[i].items()}}
+    )
+
+
+def write_samples(path: str, evaluation: int, prompts, responses, scores) -> None:
+    """Appends a markdown table of held-out samples (one per evaluation)."""
+    cell = lambda text: text.replace("|", "\\|").replace("\n", " ")[-300:]  # noqa: E731
+    lines = [
+        f"\n## evaluation {evaluation}\n",
+        "| prompt (end) | response | score |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| {cell(p)} | {cell(r)} | {s:.3f} |"
+        for p, r, s in zip(prompts, responses, scores, strict=True)
+    ]
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains and exports; returns the summary dict."""
+    workdir = os.path.abspath(workdir)
+    common.write_config(config, workdir)
+    sft_dir, policy_config, policy_params, reward_config, reward_params = _load_models(config)
+    tokenizer = Tokenizer.from_pretrained(
+        sft_dir, eos_token=config.tokenizer.get("eos_token") or None
+    )
+    if common.is_chief():
+        tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
+    prompt_source = common.open_split(config.data, config.data.train_split)
+    eval_source = common.open_split(config.data, config.data.eval_split)
+    ptx_source = None
+    if config.ppo.ptx_coef > 0:
+        ptx_data = ml_collections.ConfigDict(config.data.to_dict())
+        ptx_data.name = config.ptx.name or config.data.name
+        ptx_source = common.open_split(ptx_data, config.ptx.split)
+
+    policy, value = CausalLM(policy_config), ScalarModel(reward_config)
+    _, policy_specs = state_lib.init_variables(policy, 8, config.seed)
+    _, value_specs = state_lib.init_variables(value, 8, config.seed)
+    mesh = sharding.mesh_from_config(config.mesh)
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    for name, rows in (
+        ("train.batch_size", config.train.batch_size),
+        ("ppo.ptx_batch_size", config.ppo.ptx_batch_size),
+    ):
+        if rows % (ways * config.ppo.minibatches):
+            raise ValueError(
+                f"{name}={rows} must be a multiple of data x fsdp ({ways}) x ppo.minibatches "
+                f"({config.ppo.minibatches})."
+            )
+    policy_sh = sharding.logical_shardings(policy_specs, mesh, shapes=policy_params)
+    value_sh = sharding.logical_shardings(value_specs, mesh, shapes=reward_params)
+    policy_tx = _optimizer(config, config.optim.learning_rate)
+    value_tx = _optimizer(config, config.optim.value_learning_rate)
+    ppo_config = _ppo_config(config)
+    state_sh = ppo.ppo_state_shardings(
+        state_lib.state_shardings(policy_sh, policy_tx, policy_params, mesh),
+        state_lib.state_shardings(value_sh, value_tx, reward_params, mesh),
+        mesh,
+    )
+    # The value model starts as a copy of the RM (InstructGPT's choice); reference = SFT.
+    state = sharding.put_on_mesh(
+        ppo.create_ppo_state(
+            policy_params, reward_params, policy_tx, value_tx, ppo_config.kl, config.seed
+        ),
+        state_sh,
+    )
+    # Own buffers for the frozen models: the update donates the state's, which may alias them.
+    copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # noqa: E731
+    reference = copy(sharding.put_on_mesh(policy_params, policy_sh))
+    reward = copy(sharding.put_on_mesh(reward_params, value_sh))
+
+    models = rollout_lib.RolloutModels(policy=policy, value=value, reward=value)
+    rollout_config = _rollout_config(config, tokenizer)
+    rollout_fn = rollout_lib.make_rollout(
+        models,
+        rollout_config,
+        mesh=mesh,
+        param_shardings=rollout_lib.RolloutParams(policy_sh, policy_sh, value_sh, value_sh),
+    )
+    update = ppo.make_ppo_update(policy, value, policy_tx, value_tx, ppo_config)
+    update_fn = ppo.jit_ppo_update(update, mesh, state_sh)
+    step = ppo.make_iteration(rollout_fn, update_fn, reference, reward)
+
+    train_iter = iter(_datasets(config, tokenizer, prompt_source, ptx_source).to_iter_dataset())
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
+    )
+    restored = checkpointer.restore(abstract_like(state, state_sh), train_iter)
+    resumed_from = None
+    if restored is not None:
+        state, _ = restored
+        resumed_from = int(state.step)
+        print(f"Resumed from {checkpointer.directory} at iteration {resumed_from}.", flush=True)
+    writer = MetricWriter(workdir, resume_step=resumed_from or 0, active=common.is_chief())
+
+    eval_batches = list(
+        pipeline.make_dataset(
+            eval_source,
+            pipeline.TokenizePrompt(tokenizer, config.data.max_prompt_len),
+            batch_size=config.train.batch_size,
+            seed=config.seed,
+            shuffle=False,
+            num_epochs=1,
+            drop_remainder=True,
+        )
+    )[: config.ppo.eval_batches]
+    if not eval_batches:
+        raise ValueError(
+            f"The eval split has fewer prompts than train.batch_size={config.train.batch_size}."
+        )
+    samples_path = os.path.join(workdir, "samples.md")
+    eval_kl_coef = jnp.float32(config.ppo.kl_coef)  # shapes rewards only; eval reports the KL
+    evaluations = [0]
+
+    def evaluate(policy_params) -> dict[str, float]:
+        """Held-out prompts: mean RM score, KL and length at a fixed sampling key."""
+        totals, table = None, None
+        params = rollout_lib.RolloutParams(policy_params, reference, reward, reward)
+        for i, batch in enumerate(eval_batches):
+            placed = pipeline.to_global_arrays(batch, mesh)
+            out = rollout_fn(
+                params, placed["tokens_bp"], placed["mask_bp"], eval_kl_coef, jax.random.key(i)
+            )
+            totals = sum_metrics(totals, rollout_lib.rollout_metrics(out))
+            if table is None:
+                table = jax.device_get((out.tokens_bs, out.response_mask_bn, out.raw_score_b))
+        evaluations[0] += 1
+        if common.is_chief():
+            tokens, mask, scores = table
+            rows = min(config.ppo.sample_rows, len(scores))
+            prompt_len = tokens.shape[1] - mask.shape[1]
+            prompt_mask = eval_batches[0]["mask_bp"]
+            prompts = [
+                tokenizer.decode(tokens[i, :prompt_len][prompt_mask[i]]) for i in range(rows)
+            ]
+            responses = [tokenizer.decode(tokens[i, prompt_len:][mask[i]]) for i in range(rows)]
+            write_samples(samples_path, evaluations[0], prompts, responses, scores[:rows])
+        return means(totals)
+
+    def place_batch(batch: dict) -> dict:
+        """Prompts and ptx rows have their own batch sizes: placed as two batches."""
+        ptx = {k: v for k, v in batch.items() if k.startswith("ptx_")}
+        prompts = {k: v for k, v in batch.items() if k not in ptx}
+        placed = pipeline.to_global_arrays(prompts, mesh)
+        return {**placed, **(pipeline.to_global_arrays(ptx, mesh) if ptx else {})}
+
+    result = train_loop(
+        state=state,
+        train_step=step,
+        train_iter=train_iter,
+        place_batch=place_batch,
+        config=LoopConfig(
+            num_steps=config.train.num_steps,
+            log_every=config.train.log_every,
+            eval_every=config.train.eval_every,
+            checkpoint_every=config.train.checkpoint_every,
+            max_nonfinite=config.train.max_nonfinite,
+        ),
+        checkpointer=checkpointer,
+        writer=writer,
+        evaluate=evaluate,
+        meta={"seed": config.seed},
+    )
+    summary = {
+        "experiment": "ppo",
+        "iteration": int(result.state.step),
+        "preempted": result.preempted,
+        "ptx_coef": config.ppo.ptx_coef,
+        "train_score": result.last_train.get("rollout/score"),
+        "train_kl": result.last_train.get("rollout/kl"),
+        "kl_coef": float(result.state.kl_coef),
+        "eval_score": result.last_eval.get("score_raw"),
+        "eval_kl": result.last_eval.get("kl"),
+        "eval_response_length": result.last_eval.get("response_length"),
+        "ptx_nll": result.last_train.get("ptx/nll"),
+        "generated_tokens_per_s": result.last_train.get("generated_tokens_per_s"),
+    }
+    final = None if result.preempted else common.to_host(result.state.policy.params)
+    if final is not None and common.is_chief():
+        hf.save_pretrained(
+            os.path.join(workdir, "model"),
+            policy_config,
+            final,
+            tokenizer=tokenizer.hf,
+            bos_token_id=tokenizer.eos_id,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+        )
+    checkpointer.close()
+    common.finish(
+        workdir, writer, summary, ("train/rollout/score", "train/rollout/kl", "eval/score_raw")
+    )
+    return summary
+
+
+def main(argv):
+    del argv
+    common.setup_process()
+    run(common.CONFIG.value, common.WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
