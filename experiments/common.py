@@ -171,6 +171,36 @@ def sequence_spec(data: ml_collections.ConfigDict) -> pipeline.SequenceSpec:
     )
 
 
+def make_optimizer(optim_config: ml_collections.ConfigDict, learning_rate: float, total_steps: int):
+    """AdamW with warm-up + cosine decay over `total_steps` optimizer steps (`training.optim`)."""
+    return optim.make_optimizer(
+        learning_rate=learning_rate,
+        warmup_steps=optim_config.warmup_steps,
+        total_steps=total_steps,
+        weight_decay=optim_config.weight_decay,
+        b1=optim_config.b1,
+        b2=optim_config.b2,
+        clip_norm=optim_config.clip_norm,
+    )
+
+
+def resume_or_start(config: ml_collections.ConfigDict, workdir: str, state, shardings, data_iter):
+    """(state, checkpointer, writer, resumed_from): the newest readable checkpoint in
+    workdir/checkpoints restored onto `shardings` (and `data_iter` moved to its position), or
+    `state` as given when there is none; the metric writer drops records after the resume point."""
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
+    )
+    restored = checkpointer.restore(abstract_like(state, shardings), data_iter)
+    resumed_from = None
+    if restored is not None:
+        state, _ = restored
+        resumed_from = int(state.step)
+        print(f"Resumed from {checkpointer.directory} at step {resumed_from}.", flush=True)
+    writer = MetricWriter(workdir, resume_step=resumed_from or 0, active=is_chief())
+    return state, checkpointer, writer, resumed_from
+
+
 @dataclasses.dataclass
 class Run:
     """A prepared run: what `train` needs, after restoring from a checkpoint if there is one."""
@@ -204,33 +234,14 @@ def prepare_run(
             f"({batch_ways}) x grad_accum ({config.train.grad_accum})."
         )
     param_shardings = sharding.logical_shardings(logical_specs, mesh, shapes=params)
-    tx = optim.make_optimizer(
-        learning_rate=config.optim.learning_rate,
-        warmup_steps=config.optim.warmup_steps,
-        total_steps=config.train.num_steps,
-        weight_decay=config.optim.weight_decay,
-        b1=config.optim.b1,
-        b2=config.optim.b2,
-        clip_norm=config.optim.clip_norm,
-    )
+    tx = make_optimizer(config.optim, config.optim.learning_rate, config.train.num_steps)
     shardings = state_lib.state_shardings(param_shardings, tx, params, mesh)
     state = sharding.put_on_mesh(state_lib.create_state(params, tx, config.seed), shardings)
     step = steps.make_train_step(forward, tx, grad_accum=config.train.grad_accum)
     train_step = steps.jit_train_step(step, mesh, shardings)
     train_iter = iter(train_dataset.to_iter_dataset())
-    checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
-    )
-    restored = checkpointer.restore(abstract_like(state, shardings), train_iter)
-    resumed_from = None
-    if restored is not None:
-        state, meta = restored
-        resumed_from = int(state.step)
-        print(f"Resumed from {checkpointer.directory} at step {resumed_from}.", flush=True)
-    writer = MetricWriter(
-        workdir,
-        resume_step=resumed_from if resumed_from is not None else 0,
-        active=is_chief(),
+    state, checkpointer, writer, resumed_from = resume_or_start(
+        config, workdir, state, shardings, train_iter
     )
     return Run(
         state=state,

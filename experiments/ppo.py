@@ -31,11 +31,9 @@ from rlhf_jax.data import pipeline
 from rlhf_jax.data.tokenizer import Tokenizer
 from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.models import CausalLM, ScalarModel, hf
-from rlhf_jax.training import export, optim
+from rlhf_jax.training import export
 from rlhf_jax.training import state as state_lib
-from rlhf_jax.training.checkpoint import Checkpointer, abstract_like
 from rlhf_jax.training.loop import LoopConfig, means, sum_metrics, train_loop
-from rlhf_jax.training.metrics_writer import MetricWriter
 
 
 def _load_models(config: ml_collections.ConfigDict):
@@ -57,16 +55,9 @@ def _load_models(config: ml_collections.ConfigDict):
 
 
 def _optimizer(config, learning_rate: float):
-    return optim.make_optimizer(
-        learning_rate=learning_rate,
-        warmup_steps=config.optim.warmup_steps,
-        # Each iteration takes epochs x minibatches optimizer steps.
-        total_steps=config.train.num_steps * config.ppo.epochs * config.ppo.minibatches,
-        weight_decay=config.optim.weight_decay,
-        b1=config.optim.b1,
-        b2=config.optim.b2,
-        clip_norm=config.optim.clip_norm,
-    )
+    # Each iteration takes epochs x minibatches optimizer steps.
+    total = config.train.num_steps * config.ppo.epochs * config.ppo.minibatches
+    return common.make_optimizer(config.optim, learning_rate, total)
 
 
 def _ppo_config(config) -> ppo.PPOConfig:
@@ -207,16 +198,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step = ppo.make_iteration(rollout_fn, update_fn, reference, reward)
 
     train_iter = iter(_datasets(config, tokenizer, prompt_source, ptx_source).to_iter_dataset())
-    checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
+    state, checkpointer, writer, _ = common.resume_or_start(
+        config, workdir, state, state_sh, train_iter
     )
-    restored = checkpointer.restore(abstract_like(state, state_sh), train_iter)
-    resumed_from = None
-    if restored is not None:
-        state, _ = restored
-        resumed_from = int(state.step)
-        print(f"Resumed from {checkpointer.directory} at iteration {resumed_from}.", flush=True)
-    writer = MetricWriter(workdir, resume_step=resumed_from or 0, active=common.is_chief())
 
     eval_batches = list(
         pipeline.make_dataset(
