@@ -20,6 +20,8 @@ TRAIN_COMPARISONS = 43_835
 
 
 def get_config(variant: str = "sft") -> ml_collections.ConfigDict:
+    if variant not in ("sft", "reward"):
+        raise ValueError(f"Unknown variant {variant!r}; gpt2_hh has 'sft' and 'reward'.")
     c = hh_tiny.get_config(variant)
     c.data.update(
         name="anthropic_hh/helpful-base",

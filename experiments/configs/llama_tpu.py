@@ -26,6 +26,8 @@ MODEL = "meta-llama/Llama-3.1-8B"
 
 
 def get_config(variant: str = "sft") -> ml_collections.ConfigDict:
+    if variant not in ("sft", "reward"):
+        raise ValueError(f"Unknown variant {variant!r}; llama_tpu has 'sft' and 'reward'.")
     c = hh_tiny.get_config(variant)
     if variant == "sft":
         c.data.update(name="alpaca/alpaca", train_split="train[:98%]", eval_split="train[98%:]")
