@@ -26,7 +26,7 @@ from ml_collections import config_flags
 from rlhf_jax import sharding
 from rlhf_jax.data import pipeline, sources
 from rlhf_jax.data.tokenizer import Tokenizer, train_bpe_tokenizer
-from rlhf_jax.models import TransformerConfig
+from rlhf_jax.models import TransformerConfig, hf
 from rlhf_jax.training import optim, steps
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training.checkpoint import Checkpointer, abstract_like
@@ -84,6 +84,22 @@ def to_host(tree: Any) -> Any:
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def export_causal_lm(workdir: str, model_config: TransformerConfig, params: Any, tokenizer) -> None:
+    """Gathers `params` and, on the chief, writes them with the tokenizer as a transformers
+    directory at workdir/model (EOS doubles as BOS, as in GPT-2)."""
+    host_params = to_host(params)
+    if is_chief():
+        hf.save_pretrained(
+            os.path.join(workdir, "model"),
+            model_config,
+            host_params,
+            tokenizer=tokenizer.hf,
+            bos_token_id=tokenizer.eos_id,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+        )
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

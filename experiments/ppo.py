@@ -284,17 +284,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "ptx_nll": result.last_train.get("ptx/nll"),
         "generated_tokens_per_s": result.last_train.get("generated_tokens_per_s"),
     }
-    final = None if result.preempted else common.to_host(result.state.policy.params)
-    if final is not None and common.is_chief():
-        hf.save_pretrained(
-            os.path.join(workdir, "model"),
-            policy_config,
-            final,
-            tokenizer=tokenizer.hf,
-            bos_token_id=tokenizer.eos_id,
-            eos_token_id=tokenizer.eos_id,
-            pad_token_id=tokenizer.pad_id,
-        )
+    if not result.preempted:
+        common.export_causal_lm(workdir, policy_config, result.state.policy.params, tokenizer)
     checkpointer.close()
     common.finish(
         workdir, writer, summary, ("train/rollout/score", "train/rollout/kl", "eval/score_raw")

@@ -90,17 +90,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "train_examples": len(train_source),
         "eval_examples": len(eval_source),
     }
-    final_params = None if result.preempted else common.to_host(result.state.params)
-    if final_params is not None and common.is_chief():
-        hf.save_pretrained(
-            os.path.join(workdir, "model"),
-            model_config,
-            final_params,
-            tokenizer=tokenizer.hf,
-            bos_token_id=tokenizer.eos_id,
-            eos_token_id=tokenizer.eos_id,
-            pad_token_id=tokenizer.pad_id,
-        )
+    if not result.preempted:
+        common.export_causal_lm(workdir, model_config, result.state.params, tokenizer)
     run_.checkpointer.close()
     common.finish(workdir, run_.writer, summary, ("train/loss", "eval/nll", "train/tokens_per_s"))
     return summary
