@@ -1,16 +1,31 @@
 r"""Benchmarks of the design notes' workloads, rlhf_jax beside transformers/PyTorch in one run.
 
-Workload (c), generation: GPT-2 architecture, 4 layers, 4 heads, width 256, vocab 8192, context
-256, float32; 16 prompts x 64 tokens, 64 new tokens each, sampling at temperature 1 (no EOS, so
-every row produces all 64 tokens). Both sides use the same weights (rlhf_jax params exported to a
-transformers directory). Prints one JSON line per workload.
+Model for every workload: GPT-2 architecture, 4 layers, 4 heads, width 256, vocab 8192, context
+256, float32, no dropout. Both sides use the same weights (rlhf_jax params exported to transformers
+directories). Sequences are 16 prompts x 64 tokens + 64 response tokens.
 
-  python -m experiments.benchmark                      # the design-notes sizes
+(c) generation: 64 new tokens per prompt, sampling at temperature 1 (no EOS, so every row
+    produces all 64 tokens); rlhf_jax's KV-cache sampler vs `model.generate`.
+(d) the rest of the rollout: policy and reference log-probs of the response tokens, per-token
+    values and the RM score for those 16 x 128 sequences; one jitted call vs four torch forwards.
+(e) the PPO update on that rollout: GAE, then 4 epochs x 4 shuffled minibatches of 4 sequences,
+    each minibatch one AdamW step of the policy (clipped surrogate) and one of the value model
+    (clipped value loss); one jitted call (`rlhf_jax.ppo.make_ppo_update`) vs the same loop in
+    torch.
+
+Each workload prints one JSON line: median, min and max of the timed runs after a warm-up run,
+compile time, model FLOP/s as a fraction of the machine's measured fp32 matmul rate, the torch
+figures and `speedup_jax_over_torch`.
+
+  python -m experiments.benchmark                      # the design-notes sizes, workloads c, d, e
+  python -m experiments.benchmark --workloads=d,e      # a subset
   python -m experiments.benchmark --preset=tiny        # seconds; used by the tests
+  python -m experiments.benchmark --from_jsonl=experiments/results/benchmark_cpu.jsonl  # table
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -18,22 +33,51 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from absl import app, flags
 
 _PRESET = flags.DEFINE_enum("preset", "design", ["design", "tiny"], "Workload sizes.")
+_WORKLOADS = flags.DEFINE_list("workloads", ["c", "d", "e"], "Workloads to run (of c, d, e).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs after one warm-up run (median reported).")
 _THREADS = flags.DEFINE_integer("threads", 2, "PyTorch intra-op threads (the machine's cores).")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time transformers/PyTorch when torch is installed.")
+_TABLE = flags.DEFINE_bool("table", True, "After the JSON lines, print them as a markdown table.")
+_FROM_JSONL = flags.DEFINE_string(
+    "from_jsonl", None, "Run nothing: print the markdown table of a saved JSON-lines file."
+)
 
 PRESETS = {
-    # model: GPT-2 family sizes; workload: batch (prompts), prompt and response lengths in tokens.
+    # model: GPT-2 family sizes; workload: batch (prompts), prompt and response lengths in tokens,
+    # PPO epochs and minibatches per epoch.
     "design": dict(
-        layers=4, heads=4, width=256, vocab=8192, context=256, batch=16, prompt=64, new=64
+        layers=4,
+        heads=4,
+        width=256,
+        vocab=8192,
+        context=256,
+        batch=16,
+        prompt=64,
+        new=64,
+        epochs=4,
+        minibatches=4,
     ),
-    "tiny": dict(layers=1, heads=2, width=32, vocab=128, context=32, batch=2, prompt=4, new=4),
+    "tiny": dict(
+        layers=1,
+        heads=2,
+        width=32,
+        vocab=128,
+        context=32,
+        batch=4,
+        prompt=4,
+        new=4,
+        epochs=2,
+        minibatches=2,
+    ),
 }
+LEARNING_RATE = 1e-5
+CLIP_EPS, VALUE_CLIP, LAM = 0.2, 0.2, 0.95
 
 
 def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -69,124 +113,530 @@ def matmul_flops_per_s(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size**3 / statistics.median(times)
 
 
-def generation_flops(cfg, batch: int, prompt: int, new: int) -> float:
-    """Forward FLOPs of prefill + decode (2 x multiply-adds of matmuls, attention included)."""
-    per_token_matmul = 2 * cfg.num_layers * (4 * cfg.embed_dim**2 + 2 * cfg.embed_dim * cfg.mlp_dim)
-    per_token_matmul += 2 * cfg.embed_dim * cfg.vocab_size
+def forward_flops(cfg, batch: int, positions: range, lm_head_positions: int | None = None) -> float:
+    """Forward FLOPs (2 x multiply-adds of the matmuls, attention included) of `batch` rows, one
+    token at each of `positions` attending to every earlier position. The LM head (E x V) is
+    counted at `lm_head_positions` positions (default all; 0 for a scalar-head model, whose
+    E x 1 head is counted at every position)."""
+    per_token = 2 * cfg.num_layers * (4 * cfg.embed_dim**2 + 2 * cfg.embed_dim * cfg.mlp_dim)
     total = 0.0
-    for position in range(prompt + new - 1):
-        # attention scores and weighted values over the cache up to this position
-        attn = 2 * 2 * cfg.num_layers * cfg.embed_dim * (position + 1)
-        total += per_token_matmul + attn
+    for position in positions:
+        # attention scores and weighted values over the positions up to this one
+        total += per_token + 2 * 2 * cfg.num_layers * cfg.embed_dim * (position + 1)
+    head_positions = len(positions) if lm_head_positions is None else lm_head_positions
+    total += 2 * cfg.embed_dim * cfg.vocab_size * head_positions
+    if lm_head_positions == 0:
+        total += 2 * cfg.embed_dim * len(positions)
     return total * batch
 
 
-def bench_generation(preset: dict, repeats: int, threads: int, with_torch: bool) -> dict:
-    import jax
-    import numpy as np
+def generation_flops(cfg, batch: int, prompt: int, new: int) -> float:
+    """Forward FLOPs of prefill + decode."""
+    return forward_flops(cfg, batch, range(prompt + new - 1))
 
-    from rlhf_jax.generation import SamplingConfig, make_sampler
-    from rlhf_jax.models import CausalLM, TransformerConfig
 
-    cfg = TransformerConfig.gpt2(
+def _model_config(preset: dict):
+    from rlhf_jax.models import TransformerConfig
+
+    return TransformerConfig.gpt2(
         vocab_size=preset["vocab"],
         num_layers=preset["layers"],
         num_heads=preset["heads"],
         embed_dim=preset["width"],
         max_len=preset["context"],
     )
+
+
+def _params(model, seq_len: int, seed: int):
+    from rlhf_jax.training.state import init_variables
+
+    return init_variables(model, seq_len, seed)[0]
+
+
+def _compiled(fn, *args) -> tuple[Any, float]:
+    """(compiled executable of jitted `fn` for `args`, compile seconds)."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def _jax_stats(times, work, unit, compile_s, flops, peak) -> dict:
+    stats = _summary(times, work, unit)
+    stats["compile_s"] = compile_s
+    stats["model_flops_per_s"] = flops / stats["median_s"]
+    stats["fraction_of_matmul_peak"] = stats["model_flops_per_s"] / peak
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers/PyTorch side
+# ---------------------------------------------------------------------------------------------
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _torch_versions(threads: int) -> dict:
+    import torch
+    import transformers
+
+    return dict(threads=threads, version=torch.__version__, transformers=transformers.__version__)
+
+
+@contextlib.contextmanager
+def _torch_lm(cfg, params) -> Iterator[Any]:
+    """A transformers causal LM with `params` (rlhf_jax CausalLM variables), in train mode off."""
+    import transformers
+
+    from rlhf_jax.models import hf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp, cfg, params, bos_token_id=0, eos_token_id=0)
+        yield transformers.AutoModelForCausalLM.from_pretrained(tmp).eval()
+
+
+@contextlib.contextmanager
+def _torch_scalar(cfg, params) -> Iterator[tuple[Any, Any]]:
+    """(transformers base model, torch Linear head) holding a ScalarModel's variables."""
+    import numpy as np
+    import torch
+    import transformers
+
+    from rlhf_jax.models import hf
+
+    decoder_only = {"params": {"decoder": params["params"]["decoder"]}}
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp, cfg, decoder_only, bos_token_id=0, eos_token_id=0)
+        base = transformers.AutoModel.from_pretrained(tmp).eval()
+    head = torch.nn.Linear(cfg.embed_dim, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(np.asarray(params["params"]["head"]["kernel"]).T))
+        head.bias.copy_(torch.from_numpy(np.asarray(params["params"]["head"]["bias"])))
+    yield base, head
+
+
+def _torch_response_logprobs(model, ids, prompt_len: int):
+    """float32 [B, N] log-probs of the response tokens, and the logits that predicted them."""
+    import torch
+
+    logits = model(input_ids=ids).logits[:, prompt_len - 1 : -1].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return torch.gather(logprobs, -1, ids[:, prompt_len:, None])[..., 0], logits
+
+
+def _torch_values(base, head, ids, prompt_len: int):
+    hidden = base(input_ids=ids).last_hidden_state
+    return head(hidden[:, prompt_len - 1 : -1])[..., 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Workloads
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_generation(preset: dict, repeats: int, threads: int, with_torch: bool, peak: float):
+    """(c): new tokens/s of sampling 16 x 64 new tokens after 64-token prompts."""
+    import jax
+    import numpy as np
+
+    from rlhf_jax.generation import SamplingConfig, make_sampler
+    from rlhf_jax.models import CausalLM
+
+    cfg = _model_config(preset)
     batch, prompt_len, new = preset["batch"], preset["prompt"], preset["new"]
     lm = CausalLM(cfg)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, prompt_len), np.int32)
     mask = np.ones_like(tokens, bool)
-    params = jax.jit(
-        lambda k: jax.tree_util.tree_map(
-            lambda x: x.unbox() if hasattr(x, "unbox") else x,
-            lm.init(k, tokens[:1]),
-            is_leaf=lambda x: hasattr(x, "unbox"),
-        )
-    )(jax.random.key(0))
+    params = _params(lm, prompt_len, 0)
     sampler = make_sampler(lm, SamplingConfig(new, temperature=1.0))
     rng = jax.random.key(1)
-
-    start = time.perf_counter()
-    compiled = sampler.lower(params, tokens, mask, rng).compile()
-    compile_s = time.perf_counter() - start
+    compiled, compile_s = _compiled(sampler, params, tokens, mask, rng)
     tokens_dev, mask_dev = jax.device_put(tokens), jax.device_put(mask)
     run = lambda: compiled(params, tokens_dev, mask_dev, rng).response_tokens_bn.block_until_ready()
     out = compiled(params, tokens_dev, mask_dev, rng)
     assert bool(np.asarray(out.response_mask_bn).all()), "every row must produce all new tokens"
-    jax_stats = _summary(_timed(run, repeats), batch * new, "tokens")
-    jax_stats["compile_s"] = compile_s
     flops = generation_flops(cfg, batch, prompt_len, new)
-    peak = matmul_flops_per_s()
-    jax_stats["model_flops_per_s"] = flops / jax_stats["median_s"]
-    jax_stats["fraction_of_matmul_peak"] = jax_stats["model_flops_per_s"] / peak
-
     result = {
         "workload": "c_generation",
-        "shape": dict(preset),
-        "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
-        "jax_device_count": jax.device_count(),
-        "matmul_fp32_flops_per_s": peak,
-        "jax": jax_stats,
+        "unit": "new tokens/s",
+        "jax": _jax_stats(_timed(run, repeats), batch * new, "tokens", compile_s, flops, peak),
     }
     if with_torch:
-        result.update(_torch_generation(cfg, params, tokens, new, repeats, threads))
+        result["torch"] = _torch_generation(cfg, params, tokens, new, repeats, threads)
     return result
 
 
 def _torch_generation(cfg, params, tokens, new, repeats, threads) -> dict:
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        return {"torch": None, "torch_note": "torch not installed"}
-    from rlhf_jax.models import hf
+    import torch
+
+    with _torch_lm(cfg, params) as model:
+        model.generation_config.eos_token_id = None  # never stop early: all tokens for every row
+        input_ids = torch.tensor(tokens, dtype=torch.long)
+        attention = torch.ones_like(input_ids)
+
+        def run():
+            with torch.inference_mode():
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=0,
+                    top_p=1.0,
+                    max_new_tokens=new,
+                    pad_token_id=0,
+                    eos_token_id=None,
+                )
+            assert out.shape[1] == tokens.shape[1] + new
+            return out
+
+        stats = _summary(_timed(run, repeats), tokens.shape[0] * new, "tokens")
+    return {**stats, **_torch_versions(threads)}
+
+
+def _scoring_setup(preset: dict) -> dict:
+    """Models, four sets of weights, and 16 x (64 + 64) token sequences."""
+    import numpy as np
+
+    from rlhf_jax.models import CausalLM, ScalarModel
+
+    cfg = _model_config(preset)
+    seq = preset["prompt"] + preset["new"]
+    policy, scalar = CausalLM(cfg), ScalarModel(cfg)
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (preset["batch"], seq), np.int32)
+    return dict(
+        cfg=cfg,
+        policy=policy,
+        scalar=scalar,
+        params=dict(
+            policy=_params(policy, seq, 0),
+            reference=_params(policy, seq, 1),
+            value=_params(scalar, seq, 2),
+            reward=_params(scalar, seq, 3),
+        ),
+        tokens_bs=tokens,
+    )
+
+
+def _jax_scoring_fn(setup: dict, prompt_len: int):
+    """Jitted (params, tokens_bs) -> (logprobs_bn, ref_logprobs_bn, values_bn, score_b)."""
+    import jax
+    import jax.numpy as jnp
+
+    from rlhf_jax.rollout import response_logprobs, response_values, sequence_scores
+
+    policy, scalar = setup["policy"], setup["scalar"]
+
+    @jax.jit
+    def score(params, tokens_bs):
+        attention_bs = jnp.ones(tokens_bs.shape, bool)
+        response_mask_bn = attention_bs[:, prompt_len:]
+        logprobs_bn, _ = response_logprobs(
+            policy, params["policy"], tokens_bs, attention_bs, prompt_len
+        )
+        ref_bn, _ = response_logprobs(
+            policy, params["reference"], tokens_bs, attention_bs, prompt_len
+        )
+        values_bn = response_values(scalar, params["value"], tokens_bs, attention_bs, prompt_len)
+        score_b = sequence_scores(
+            scalar, params["reward"], tokens_bs, attention_bs, response_mask_bn
+        )
+        return logprobs_bn, ref_bn, values_bn, score_b
+
+    return score
+
+
+def _scoring_flops(cfg, batch: int, seq: int, prompt_len: int) -> float:
+    """Two LM forwards and two scalar-model forwards over the whole sequences; the LM head is
+    needed at the N = seq - prompt_len positions that predict response tokens."""
+    positions = range(seq)
+    return 2 * forward_flops(cfg, batch, positions, seq - prompt_len) + 2 * forward_flops(
+        cfg, batch, positions, 0
+    )
+
+
+def bench_scoring(preset: dict, repeats: int, threads: int, with_torch: bool, peak: float):
+    """(d): policy and reference log-probs, values and RM scores of 16 x 128-token sequences."""
+    import jax
+
+    setup = _scoring_setup(preset)
+    prompt_len, (batch, seq) = preset["prompt"], setup["tokens_bs"].shape
+    score = _jax_scoring_fn(setup, prompt_len)
+    params, tokens = jax.device_put((setup["params"], setup["tokens_bs"]))
+    compiled, compile_s = _compiled(score, params, tokens)
+    run = lambda: jax.block_until_ready(compiled(params, tokens))  # noqa: E731
+    flops = _scoring_flops(setup["cfg"], batch, seq, prompt_len)
+    result = {
+        "workload": "d_rollout_scoring",
+        "unit": "sequences/s",
+        "jax": _jax_stats(_timed(run, repeats), batch, "sequences", compile_s, flops, peak),
+    }
+    if with_torch:
+        result["torch"], torch_out = _torch_scoring(setup, prompt_len, repeats, threads)
+        # Same weights, same numbers: a benchmark of two different computations would mislead.
+        jax_out = jax.device_get(compiled(params, tokens))
+        result["max_abs_diff_vs_torch"] = max(
+            float(abs(a - b.numpy()).max()) for a, b in zip(jax_out, torch_out, strict=True)
+        )
+    return result
+
+
+def _torch_scoring(setup: dict, prompt_len: int, repeats: int, threads: int):
+    import torch
 
     torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp, cfg, params, bos_token_id=0, eos_token_id=0)
-        model = transformers.AutoModelForCausalLM.from_pretrained(tmp).eval()
-    model.generation_config.eos_token_id = None  # never stop early: 64 tokens for every row
-    input_ids = torch.tensor(tokens, dtype=torch.long)
-    attention = torch.ones_like(input_ids)
+    cfg, params = setup["cfg"], setup["params"]
+    ids = torch.tensor(setup["tokens_bs"], dtype=torch.long)
+    with (
+        _torch_lm(cfg, params["policy"]) as policy,
+        _torch_lm(cfg, params["reference"]) as reference,
+        _torch_scalar(cfg, params["value"]) as (value_base, value_head),
+        _torch_scalar(cfg, params["reward"]) as (reward_base, reward_head),
+    ):
 
-    def run():
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=new,
-                pad_token_id=0,
-                eos_token_id=None,
-            )
-        assert out.shape[1] == tokens.shape[1] + new
-        return out
+        def run():
+            with torch.inference_mode():
+                logprobs, _ = _torch_response_logprobs(policy, ids, prompt_len)
+                ref_logprobs, _ = _torch_response_logprobs(reference, ids, prompt_len)
+                values = _torch_values(value_base, value_head, ids, prompt_len)
+                hidden = reward_base(input_ids=ids).last_hidden_state[:, -1]
+                scores = reward_head(hidden)[:, 0]
+            return logprobs, ref_logprobs, values, scores
 
-    stats = _summary(_timed(run, repeats), tokens.shape[0] * new, "tokens")
-    stats.update(threads=threads, version=torch.__version__, transformers=transformers.__version__)
-    return {"torch": stats}
+        stats = _summary(_timed(run, repeats), ids.shape[0], "sequences")
+        outputs = run()
+    return {**stats, **_torch_versions(threads)}, outputs
+
+
+def bench_ppo_update(preset: dict, repeats: int, threads: int, with_torch: bool, peak: float):
+    """(e): the PPO update over a rollout of 16 x (64 + 64): E epochs x M minibatches."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from rlhf_jax import ppo
+    from rlhf_jax.rollout import Rollout
+
+    setup = _scoring_setup(preset)
+    cfg, params = setup["cfg"], setup["params"]
+    prompt_len, (batch, seq) = preset["prompt"], setup["tokens_bs"].shape
+    epochs, minibatches = preset["epochs"], preset["minibatches"]
+    # The rollout's frozen statistics: the policy's own log-probs, the value model's values.
+    logprobs, _, values, _ = jax.device_get(
+        _jax_scoring_fn(setup, prompt_len)(params, setup["tokens_bs"])
+    )
+    rewards = np.random.default_rng(1).normal(0.0, 0.1, logprobs.shape).astype(np.float32)
+    data = dict(
+        tokens_bs=setup["tokens_bs"], logprobs_bn=logprobs, values_bn=values, rewards_bn=rewards
+    )
+    ones_bn = np.ones(logprobs.shape, bool)
+    rollout = Rollout(
+        tokens_bs=jnp.asarray(setup["tokens_bs"]),
+        attention_mask_bs=jnp.ones((batch, seq), bool),
+        response_mask_bn=jnp.asarray(ones_bn),
+        logprobs_bn=jnp.asarray(logprobs),
+        ref_logprobs_bn=jnp.asarray(logprobs),
+        values_bn=jnp.asarray(values),
+        kl_bn=jnp.zeros(logprobs.shape),
+        rewards_bn=jnp.asarray(rewards),
+        raw_score_b=jnp.zeros(batch),
+        score_b=jnp.zeros(batch),
+        has_eos_b=jnp.zeros(batch, bool),
+    )
+    tx = optax.adamw(LEARNING_RATE)
+    config = ppo.PPOConfig(
+        epochs=epochs, minibatches=minibatches, clip_eps=CLIP_EPS, value_clip=VALUE_CLIP, lam=LAM
+    )
+    update = jax.jit(
+        ppo.make_ppo_update(setup["policy"], setup["scalar"], tx, tx, config), donate_argnums=0
+    )
+    own = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # noqa: E731  (the update donates)
+    state = [
+        ppo.create_ppo_state(own(params["policy"]), own(params["value"]), tx, tx, config.kl, 0)
+    ]
+    rng = jax.random.key(2)
+    compiled, compile_s = _compiled(update, state[0], rollout, None, rng)
+
+    def run():  # the state carries on from run to run, as in training
+        state[0], metrics = compiled(state[0], rollout, None, rng)
+        jax.block_until_ready((state[0], metrics))
+
+    # Per row: forward + backward (~3x forward) of the policy (LM head on the N response
+    # positions) and of the value model.
+    positions = range(seq)
+    policy_flops = forward_flops(cfg, batch, positions, seq - prompt_len)
+    flops = epochs * 3 * (policy_flops + forward_flops(cfg, batch, positions, 0))
+    work = epochs * batch * seq
+    result = {
+        "workload": "e_ppo_update",
+        "unit": "trained tokens/s (epochs x sequences x tokens, policy and value)",
+        "jax": _jax_stats(_timed(run, repeats), work, "tokens", compile_s, flops, peak),
+    }
+    if with_torch:
+        result["torch"] = _torch_ppo_update(setup, data, preset, repeats, threads)
+    return result
+
+
+def _torch_ppo_update(setup: dict, data: dict, preset: dict, repeats: int, threads: int) -> dict:
+    """The same update in plain PyTorch: GAE, then per minibatch one AdamW step of each model."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg, params, prompt_len = setup["cfg"], setup["params"], preset["prompt"]
+    epochs, minibatches = preset["epochs"], preset["minibatches"]
+    ids = torch.tensor(data["tokens_bs"], dtype=torch.long)
+    old_logprobs = torch.from_numpy(data["logprobs_bn"])
+    old_values = torch.from_numpy(data["values_bn"])
+    rewards = torch.from_numpy(data["rewards_bn"])
+    rows, steps = old_logprobs.shape
+    with (
+        _torch_lm(cfg, params["policy"]) as policy,
+        _torch_scalar(cfg, params["value"]) as (value_base, value_head),
+    ):
+        value_params = [*value_base.parameters(), *value_head.parameters()]
+        policy_opt = torch.optim.AdamW(policy.parameters(), lr=LEARNING_RATE)
+        value_opt = torch.optim.AdamW(value_params, lr=LEARNING_RATE)
+
+        def run():
+            with torch.no_grad():  # GAE (gamma = 1) and whitening, once per rollout
+                advantages = torch.zeros_like(rewards)
+                last = torch.zeros(rows)
+                for t in reversed(range(steps)):
+                    next_value = old_values[:, t + 1] if t + 1 < steps else torch.zeros(rows)
+                    delta = rewards[:, t] + next_value - old_values[:, t]
+                    last = delta + LAM * last
+                    advantages[:, t] = last
+                returns = advantages + old_values
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            for _ in range(epochs):
+                for mb in torch.randperm(rows).chunk(minibatches):
+                    logprobs, logits = _torch_response_logprobs(policy, ids[mb], prompt_len)
+                    ratio = torch.exp(logprobs - old_logprobs[mb])
+                    adv = advantages[mb]
+                    clipped = torch.clamp(ratio, 1 - CLIP_EPS, 1 + CLIP_EPS)
+                    loss = torch.maximum(-adv * ratio, -adv * clipped).mean()
+                    with torch.no_grad():  # logged, as rlhf_jax does
+                        probs = torch.softmax(logits, -1)
+                        entropy = -(probs * torch.log_softmax(logits, -1)).sum(-1).mean()
+                    policy_opt.zero_grad()
+                    loss.backward()
+                    policy_opt.step()
+
+                    values = _torch_values(value_base, value_head, ids[mb], prompt_len)
+                    old = old_values[mb]
+                    values_clipped = old + torch.clamp(values - old, -VALUE_CLIP, VALUE_CLIP)
+                    value_loss = (
+                        0.5
+                        * torch.maximum(
+                            (values - returns[mb]) ** 2, (values_clipped - returns[mb]) ** 2
+                        ).mean()
+                    )
+                    value_opt.zero_grad()
+                    value_loss.backward()
+                    value_opt.step()
+            return float(entropy)
+
+        policy.train()  # dropout is 0 in the config
+        value_base.train()
+        stats = _summary(_timed(run, repeats), epochs * rows * ids.shape[1], "tokens")
+    return {**stats, **_torch_versions(threads)}
+
+
+WORKLOADS = {"c": bench_generation, "d": bench_scoring, "e": bench_ppo_update}
+
+
+def run_workloads(names: list[str], preset_name: str, repeats: int, threads: int, with_torch: bool):
+    """Yields one result dict per workload (the JSON lines `main` prints)."""
+    import jax
+
+    unknown = sorted(set(names) - set(WORKLOADS))
+    if unknown:
+        raise ValueError(f"Unknown workloads {unknown}; choose from {sorted(WORKLOADS)}.")
+    with_torch = with_torch and _torch_available()
+    if with_torch:
+        import torch
+
+        torch.set_num_threads(threads)
+    preset = PRESETS[preset_name]
+    peak = matmul_flops_per_s()
+    for name in names:
+        result = WORKLOADS[name](preset, repeats, threads, with_torch, peak)
+        if with_torch:
+            rate = next(k for k in result["torch"] if k.endswith("_per_s"))  # the workload's unit
+            result["speedup_jax_over_torch"] = result["jax"][rate] / result["torch"][rate]
+        else:
+            result["torch"] = None
+            result["torch_note"] = "torch/transformers not installed (or --notorch)"
+        result.update(
+            shape=dict(preset),
+            preset=preset_name,
+            device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
+            jax_device_count=jax.device_count(),
+            matmul_fp32_flops_per_s=peak,
+            date=datetime.date.today().isoformat(),
+            machine=f"{platform.machine()} {os.cpu_count()} cpus, {platform.processor() or '?'}",
+            jax_version=jax.__version__,
+        )
+        yield result
+
+
+def markdown_table(results: list[dict]) -> str:
+    """The README's benchmark table from result dicts (or JSON lines read back)."""
+    first = results[0]
+    lines = [
+        f"{first['date']}, {first['machine']}, {first['device']}, jax {first['jax_version']}"
+        + (f", torch {first['torch']['version']}" if first.get("torch") else ""),
+        "",
+        "| workload | unit | rlhf_jax median | run spread | compile | of fp32 matmul peak "
+        "| PyTorch median | run spread | JAX / PyTorch |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        j, t = r["jax"], r.get("torch")
+        rate = next(k for k in j if k.endswith("_per_s") and k != "model_flops_per_s")
+        row = [
+            r["workload"],
+            r["unit"],
+            f"{j[rate]:,.0f}",
+            f"{j['min_s']:.3g}-{j['max_s']:.3g} s",
+            f"{j['compile_s']:.1f} s",
+            f"{100 * j['fraction_of_matmul_peak']:.0f}%",
+        ]
+        if t:
+            row += [
+                f"{t[rate]:,.0f}",
+                f"{t['min_s']:.3g}-{t['max_s']:.3g} s",
+                f"**{r['speedup_jax_over_torch']:.2f}x**",
+            ]
+        else:
+            row += ["n/a", "n/a", "n/a"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def main(argv):
     del argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = bench_generation(PRESETS[_PRESET.value], _REPEATS.value, _THREADS.value, _TORCH.value)
-    if result.get("torch"):
-        result["speedup_jax_over_torch"] = (
-            result["jax"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
-        )
-    result["date"] = datetime.date.today().isoformat()
-    result["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, {platform.processor() or '?'}"
-    import jax
-
-    result["jax_version"] = jax.__version__
-    print(json.dumps(result, sort_keys=True))
+    if _FROM_JSONL.value:
+        with open(_FROM_JSONL.value) as f:
+            print(markdown_table([json.loads(line) for line in f if line.strip()]))
+        return
+    results = []
+    for result in run_workloads(
+        _WORKLOADS.value, _PRESET.value, _REPEATS.value, _THREADS.value, _TORCH.value
+    ):
+        print(json.dumps(result, sort_keys=True), flush=True)
+        results.append(result)
+    if _TABLE.value:
+        print("\n" + markdown_table(results))
 
 
 if __name__ == "__main__":

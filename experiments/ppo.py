@@ -4,13 +4,15 @@ r"""PPO and PPO-ptx (InstructGPT step 3): the SFT policy against the reward mode
       --config.model.sft_dir=/tmp/hh_sft/model --config.model.reward_dir=/tmp/hh_rm/model
   # PPO-ptx: add --config.ppo.ptx_coef=1.0
 
-The policy and the frozen reference load from the SFT model (a transformers directory), the
-frozen RM and the value model (initialised from it) from the reward run's export. Each iteration
-is one fused rollout call and one update call (`rlhf_jax.ppo.make_iteration`), driven by the same
-loop as SFT/RM: progress bar, metrics (JSONL + TensorBoard + png), SIGTERM, checkpoints of the
-whole PPOState (both models, both optimizers, the KL coefficient) and of the prompt/ptx iterators;
-rerunning the command resumes. Every `train.eval_every` iterations the policy answers the held-out
-prompts; their mean RM score and KL are logged and a table of samples goes to workdir/samples.md.
+The policy and the frozen reference load from the SFT model (a transformers directory), the frozen
+RM and the value model (initialised from it) from the reward run's export; with
+--config.ppo.value_model=policy_head the value is a fresh head on the policy's backbone. Each
+iteration is one fused rollout call and one update call (`rlhf_jax.ppo.make_iteration`), driven by
+the same loop as SFT/RM: progress bar, metrics (JSONL + TensorBoard + png), SIGTERM, checkpoints of
+the whole PPOState (both models, both optimizers, the KL coefficient) and of the prompt/ptx
+iterators; rerunning the command resumes. Every `train.eval_every` iterations the policy answers the
+held-out prompts; their mean RM score and KL are logged and a table of samples goes to
+workdir/samples.md.
 The final policy is exported as a transformers directory (workdir/model).
 """
 
@@ -22,7 +24,7 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments import common
 from rlhf_jax import ppo, sharding
@@ -30,7 +32,7 @@ from rlhf_jax import rollout as rollout_lib
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.tokenizer import Tokenizer
 from rlhf_jax.generation import SamplingConfig
-from rlhf_jax.models import CausalLM, ScalarModel, hf
+from rlhf_jax.models import CausalLM, ScalarModel, ValueHead, hf
 from rlhf_jax.training import export
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training.loop import LoopConfig, means, sum_metrics, train_loop
@@ -72,6 +74,7 @@ def _ppo_config(config) -> ppo.PPOConfig:
         whiten_advantages=p.whiten_advantages,
         entropy_coef=p.entropy_coef,
         ptx_coef=p.ptx_coef,
+        value_coef=p.get("value_coef", 0.1),
         temperature=p.temperature,
         kl=ppo.KLConfig(
             kind=p.kl_kind, init_coef=p.kl_coef, target=p.kl_target, horizon=p.kl_horizon
@@ -131,6 +134,12 @@ def write_samples(path: str, evaluation: int, prompts, responses, scores) -> Non
         f.write("\n".join(lines) + "\n")
 
 
+def warn_on_negative_kl(kl_per_response: float, where: str) -> None:
+    message = ppo.negative_kl_warning(kl_per_response)
+    if message:
+        logging.warning("%s: %s", where, message)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains and exports; returns the summary dict."""
     workdir = os.path.abspath(workdir)
@@ -149,9 +158,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ptx_data.name = config.ptx.name or config.data.name
         ptx_source = common.open_split(ptx_data, config.ptx.split)
 
-    policy, value = CausalLM(policy_config), ScalarModel(reward_config)
+    policy, reward_model = CausalLM(policy_config), ScalarModel(reward_config)
     _, policy_specs = state_lib.init_variables(policy, 8, config.seed)
-    _, value_specs = state_lib.init_variables(value, 8, config.seed)
+    _, reward_specs = state_lib.init_variables(reward_model, 8, config.seed)
+    value_kind = config.ppo.get("value_model", "reward")
+    if value_kind == "reward":  # a separate value model, a copy of the RM (InstructGPT's choice)
+        value, value_params, value_specs = reward_model, reward_params, reward_specs
+    elif value_kind == "policy_head":  # a fresh head on the policy's hidden states
+        value = ValueHead(policy_config)
+        value_params, value_specs = state_lib.init_variables(value, 8, config.seed + 2)
+    else:
+        raise ValueError(f"ppo.value_model must be 'reward' or 'policy_head', got {value_kind!r}.")
     mesh = sharding.mesh_from_config(config.mesh)
     ways = mesh.shape["data"] * mesh.shape["fsdp"]
     for name, rows in (
@@ -164,34 +181,36 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 f"({config.ppo.minibatches})."
             )
     policy_sh = sharding.logical_shardings(policy_specs, mesh, shapes=policy_params)
-    value_sh = sharding.logical_shardings(value_specs, mesh, shapes=reward_params)
+    reward_sh = sharding.logical_shardings(reward_specs, mesh, shapes=reward_params)
+    value_sh = sharding.logical_shardings(value_specs, mesh, shapes=value_params)
     policy_tx = _optimizer(config, config.optim.learning_rate)
     value_tx = _optimizer(config, config.optim.value_learning_rate)
     ppo_config = _ppo_config(config)
     state_sh = ppo.ppo_state_shardings(
         state_lib.state_shardings(policy_sh, policy_tx, policy_params, mesh),
-        state_lib.state_shardings(value_sh, value_tx, reward_params, mesh),
+        state_lib.state_shardings(value_sh, value_tx, value_params, mesh),
         mesh,
     )
-    # The value model starts as a copy of the RM (InstructGPT's choice); reference = SFT.
     state = sharding.put_on_mesh(
         ppo.create_ppo_state(
-            policy_params, reward_params, policy_tx, value_tx, ppo_config.kl, config.seed
+            policy_params, value_params, policy_tx, value_tx, ppo_config.kl, config.seed
         ),
         state_sh,
     )
     # Own buffers for the frozen models: the update donates the state's, which may alias them.
     copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # noqa: E731
     reference = copy(sharding.put_on_mesh(policy_params, policy_sh))
-    reward = copy(sharding.put_on_mesh(reward_params, value_sh))
+    reward = copy(sharding.put_on_mesh(reward_params, reward_sh))
+    # Evaluation reads no values, but the rollout needs some: the initial value variables.
+    eval_value = copy(sharding.put_on_mesh(value_params, value_sh))
 
-    models = rollout_lib.RolloutModels(policy=policy, value=value, reward=value)
+    models = rollout_lib.RolloutModels(policy=policy, value=value, reward=reward_model)
     rollout_config = _rollout_config(config, tokenizer)
     rollout_fn = rollout_lib.make_rollout(
         models,
         rollout_config,
         mesh=mesh,
-        param_shardings=rollout_lib.RolloutParams(policy_sh, policy_sh, value_sh, value_sh),
+        param_shardings=rollout_lib.RolloutParams(policy_sh, policy_sh, value_sh, reward_sh),
     )
     update = ppo.make_ppo_update(policy, value, policy_tx, value_tx, ppo_config)
     update_fn = ppo.jit_ppo_update(update, mesh, state_sh)
@@ -224,7 +243,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def evaluate(policy_params) -> dict[str, float]:
         """Held-out prompts: mean RM score, KL and length at a fixed sampling key."""
         totals, table = None, None
-        params = rollout_lib.RolloutParams(policy_params, reference, reward, reward)
+        params = rollout_lib.RolloutParams(policy_params, reference, eval_value, reward)
         for i, batch in enumerate(eval_batches):
             placed = pipeline.to_global_arrays(batch, mesh)
             out = rollout_fn(
@@ -244,7 +263,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             ]
             responses = [tokenizer.decode(tokens[i, prompt_len:][mask[i]]) for i in range(rows)]
             write_samples(samples_path, evaluations[0], prompts, responses, scores[:rows])
-        return means(totals)
+        result = means(totals)
+        warn_on_negative_kl(result["kl"], "held-out")
+        return result
 
     def place_batch(batch: dict) -> dict:
         """Prompts and ptx rows have their own batch sizes: placed as two batches."""
@@ -269,6 +290,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer=writer,
         evaluate=evaluate,
         meta={"seed": config.seed},
+        on_log=lambda step, train: warn_on_negative_kl(train["rollout/kl"], f"step {step}"),
     )
     summary = {
         "experiment": "ppo",
@@ -281,6 +303,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "eval_score": result.last_eval.get("score_raw"),
         "eval_kl": result.last_eval.get("kl"),
         "eval_response_length": result.last_eval.get("response_length"),
+        "eval_duplicate_rate": result.last_eval.get("duplicate_rate"),
+        "value_model": value_kind,
         "ptx_nll": result.last_train.get("ptx/nll"),
         "generated_tokens_per_s": result.last_train.get("generated_tokens_per_s"),
     }

@@ -2,9 +2,10 @@
 
 `make_ppo_update` builds a pure `update(state, rollout, ptx_batch, rng) -> (state, metrics)`:
 advantages and returns are computed once from the frozen rollout, then E epochs x M shuffled
-minibatches run inside `lax.scan`s, each minibatch taking one policy step (clipped surrogate
-- entropy bonus + gamma_ptx x pretraining NLL) and one value step (clipped value loss) with
-their own optimizers; finally the KL controller adapts to the rollout's KL. The policy runs
+minibatches run inside `lax.scan`s, each minibatch taking one policy step (clipped surrogate -
+entropy bonus + gamma_ptx x pretraining NLL) and one value step (clipped value loss) with their own
+optimizers (with a ValueHead on the policy's backbone: one step on the joint loss, policy loss +
+value_coef x value loss); finally the KL controller adapts to the rollout's KL. The policy runs
 without dropout in PPO, so the probability ratio on the first minibatch of the first epoch is 1.
 
 The losses come in as arguments (defaults from `rlhf_jax.losses`), so a user's own objective is
@@ -25,9 +26,9 @@ from jax.sharding import Mesh
 
 from rlhf_jax import losses
 from rlhf_jax import sharding as sharding_lib
-from rlhf_jax.models.heads import CausalLM, ScalarModel
+from rlhf_jax.models.heads import CausalLM, ScalarModel, ValueHead
 from rlhf_jax.models.partitioning import LogicalRules, activation_sharding, constrain
-from rlhf_jax.rollout import Rollout, response_logprobs, response_values, rollout_metrics
+from rlhf_jax.rollout import Rollout, policy_forward, response_values, rollout_metrics
 from rlhf_jax.training.state import TrainState
 
 # ---------------------------------------------------------------------------------------------
@@ -187,14 +188,17 @@ class PPOConfig:
     whiten_advantages: bool = True
     entropy_coef: float = 0.0
     ptx_coef: float = 0.0  # gamma_ptx: weight of the pretraining NLL (PPO-ptx when > 0)
+    # Weight of the value loss in the joint loss when the value is a ValueHead on the policy's
+    # backbone (both losses then train the shared decoder); unused with a separate value model.
+    value_coef: float = 0.1
     temperature: float = 1.0  # the sampling temperature (log-probs use softmax(logits / T))
     kl: KLConfig = KLConfig()
 
     def __post_init__(self):
         if self.epochs < 1 or self.minibatches < 1:
             raise ValueError(f"epochs and minibatches must be >= 1, got {self}.")
-        if self.ptx_coef < 0 or self.entropy_coef < 0:
-            raise ValueError("ptx_coef and entropy_coef must be >= 0.")
+        if self.ptx_coef < 0 or self.entropy_coef < 0 or self.value_coef < 0:
+            raise ValueError("ptx_coef, entropy_coef and value_coef must be >= 0.")
 
 
 Batch = dict[str, jax.Array]
@@ -217,7 +221,7 @@ def _mean_metrics(metrics: losses.Metrics) -> dict[str, jax.Array]:
 
 def make_ppo_update(
     policy_model: CausalLM,
-    value_model: ScalarModel,
+    value_model: ScalarModel | ValueHead,
     policy_tx: optax.GradientTransformation,
     value_tx: optax.GradientTransformation,
     config: PPOConfig,
@@ -229,7 +233,11 @@ def make_ppo_update(
     """Pure `update(state, rollout, ptx_batch, rng) -> (state, metrics)`.
 
     Args:
-      policy_model, value_model: the modules (the value model is a ScalarModel).
+      policy_model, value_model: the modules. With a separate value model (a ScalarModel) each
+        minibatch takes one policy step and one value step on their own losses. With a
+        ValueHead, the value reads the policy's hidden states: one joint loss, policy loss +
+        `config.value_coef` x value loss, whose gradient trains the shared decoder (policy
+        optimizer) and the head (value optimizer).
       policy_tx, value_tx: their optimizers.
       config: the PPOConfig.
       policy_loss_fn, value_loss_fn, ptx_loss_fn: losses with the signatures of
@@ -242,9 +250,21 @@ def make_ppo_update(
     "per_minibatch": {name: float32 [E, M] means} of the policy metrics, and "kl_coef".
     """
     use_ptx = config.ptx_coef > 0
+    shared_backbone = isinstance(value_model, ValueHead)
 
-    def policy_objective(params, mb, ptx_mb):
-        logprobs_bn, logits_bnv = response_logprobs(
+    def value_loss(values_bn, mb):
+        loss, metrics = value_loss_fn(
+            values_bn=values_bn,
+            old_values_bn=mb["values_bn"],
+            returns_bn=mb["returns_bn"],
+            mask_bn=mb["response_mask_bn"],
+            clip_range=config.value_clip,
+        )
+        return loss, {f"value/{k}": v for k, v in metrics.items()}
+
+    def policy_objective(params, mb, ptx_mb, head_params=None):
+        """Policy loss (+ value_coef x value loss of the ValueHead when `head_params`)."""
+        forward = policy_forward(
             policy_model,
             params,
             mb["tokens_bs"],
@@ -252,6 +272,7 @@ def make_ppo_update(
             mb["prompt_len"],
             config.temperature,
         )
+        logprobs_bn, logits_bnv = forward.logprobs_bn, forward.logits_bnv
         mask_bn = mb["response_mask_bn"]
         loss, metrics = policy_loss_fn(
             logprobs_bn=logprobs_bn,
@@ -274,20 +295,17 @@ def make_ppo_update(
             )
             loss = loss + config.ptx_coef * ptx_loss
             metrics.update({f"ptx/{k}": v for k, v in ptx_metrics.items()})
+        if head_params is not None:
+            v_loss, v_metrics = value_loss(value_model.apply(head_params, forward.hidden_bnd), mb)
+            loss = loss + config.value_coef * v_loss
+            metrics.update(v_metrics)
         return loss, metrics
 
     def value_objective(params, mb):
         values_bn = response_values(
             value_model, params, mb["tokens_bs"], mb["attention_mask_bs"], mb["prompt_len"]
         )
-        loss, metrics = value_loss_fn(
-            values_bn=values_bn,
-            old_values_bn=mb["values_bn"],
-            returns_bn=mb["returns_bn"],
-            mask_bn=mb["response_mask_bn"],
-            clip_range=config.value_clip,
-        )
-        return loss, {f"value/{k}": v for k, v in metrics.items()}
+        return value_loss(values_bn, mb)
 
     def apply(train_state: TrainState, tx, grads):
         updates, opt_state = tx.update(grads, train_state.opt_state, train_state.params)
@@ -331,12 +349,18 @@ def make_ppo_update(
             policy_state, value_state = carry
             mb, ptx_mb = inputs
             mb = {**mb, "prompt_len": prompt_len}
-            policy_grads, policy_metrics = jax.grad(policy_objective, has_aux=True)(
-                policy_state.params, mb, ptx_mb
-            )
-            value_grads, value_metrics = jax.grad(value_objective, has_aux=True)(
-                value_state.params, mb
-            )
+            if shared_backbone:
+                (policy_grads, value_grads), policy_metrics = jax.grad(
+                    policy_objective, argnums=(0, 3), has_aux=True
+                )(policy_state.params, mb, ptx_mb, value_state.params)
+                value_metrics = {}
+            else:
+                policy_grads, policy_metrics = jax.grad(policy_objective, has_aux=True)(
+                    policy_state.params, mb, ptx_mb
+                )
+                value_grads, value_metrics = jax.grad(value_objective, has_aux=True)(
+                    value_state.params, mb
+                )
             policy_norm, value_norm = optax.tree.norm(policy_grads), optax.tree.norm(value_grads)
             # A NaN/inf gradient skips this minibatch's updates (both models), as in SFT/RM.
             finite = jnp.isfinite(policy_norm) & jnp.isfinite(value_norm)
@@ -434,6 +458,23 @@ def make_iteration(
         return state, metrics
 
     return step
+
+
+# A sampled estimate of KL(pi || pi_ref) is >= 0 in expectation. A window mean below this (nats
+# per response) is beyond sampling noise for a healthy run and usually means the log-probs do not
+# match how responses were sampled (temperature, top-k/top-p, a different tokenizer/model).
+NEGATIVE_KL_NATS = -0.1
+
+
+def negative_kl_warning(kl_per_response: float) -> str | None:
+    """A warning text when the mean KL estimate per response is clearly negative, else None."""
+    if kl_per_response >= NEGATIVE_KL_NATS:
+        return None
+    return (
+        f"The mean KL to the reference is negative ({kl_per_response:.3f} nats per response). "
+        "A sampled KL estimate is >= 0 in expectation; check that the log-probs use the "
+        "sampling temperature and that top-k/top-p are off during PPO rollouts."
+    )
 
 
 def ppo_state_shardings(

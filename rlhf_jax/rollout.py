@@ -8,7 +8,9 @@ phases. Layout (B prompts, P prompt slots, N response slots, S = P + N):
 - `tokens_bs` is the left-padded prompt followed by the response, right-padded after EOS.
 - Response token n sits at sequence index P + n; its log-prob comes from the logits at P + n - 1
   (`losses.next_token_logprobs`), at the sampling temperature: log softmax(logits / T).
-- `values_bn[:, n]` is the value of the state before response token n (value head at P + n - 1).
+- `values_bn[:, n]` is the value of the state before response token n (value head at P + n - 1),
+  from a separate value model (a ScalarModel, InstructGPT's choice) or from a `ValueHead` on the
+  policy's own hidden states (no extra forward pass).
 - The RM score is read at the last real response token (`losses.last_true_index`: the EOS, or the
   last token of a response that never emitted one), and the sequence reward is added there.
 
@@ -31,7 +33,7 @@ from jax.sharding import Mesh
 from rlhf_jax import losses
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.generation import SamplingConfig, sample
-from rlhf_jax.models.heads import CausalLM, ScalarModel
+from rlhf_jax.models.heads import CausalLM, ScalarModel, ValueHead
 from rlhf_jax.models.partitioning import LogicalRules, activation_sharding
 
 
@@ -69,11 +71,12 @@ ScoreFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class RolloutModels:
-    """The modules: policy and reference share `policy`'s architecture. `reward` is a ScalarModel
-    (read by `sequence_scores`) or any traceable ScoreFn, e.g. a programmatic gold reward."""
+    """The modules: policy and reference share `policy`'s architecture. `value` is a separate
+    ScalarModel or a ValueHead on the policy's backbone. `reward` is a ScalarModel (read by
+    `sequence_scores`) or any traceable ScoreFn, e.g. a programmatic gold reward."""
 
     policy: CausalLM
-    value: ScalarModel
+    value: ScalarModel | ValueHead
     reward: ScalarModel | ScoreFn
 
 
@@ -108,6 +111,40 @@ class Rollout:
         return self.tokens_bs.shape[1] - self.response_mask_bn.shape[1]
 
 
+@flax.struct.dataclass
+class PolicyForward:
+    """The policy's teacher-forced outputs at the N positions that predict response tokens.
+
+    logprobs_bn: float32 [B, N] log p(response token n | everything before).
+    logits_bnv: float32 [B, N, V] the temperature-scaled logits that predicted each of them.
+    hidden_bnd: [B, N, E] final hidden states there (what a ValueHead reads).
+    """
+
+    logprobs_bn: jax.Array
+    logits_bnv: jax.Array
+    hidden_bnd: jax.Array
+
+
+def policy_forward(
+    model: CausalLM,
+    params: Any,
+    tokens_bs: jax.Array,
+    attention_mask_bs: jax.Array,
+    prompt_len: int,
+    temperature: float = 1.0,
+) -> PolicyForward:
+    """One teacher-forced forward pass over prompt + response (see the module docstring)."""
+    # Logits only from position P - 1 on (the last one predicts nothing and is dropped).
+    out = model.apply(params, tokens_bs, attention_mask_bs, logits_start=prompt_len - 1)
+    scale = 1.0 if temperature == 0.0 else temperature
+    logits_bv = out.logits_btv.astype(jnp.float32) / scale  # positions P - 1 .. S - 1
+    return PolicyForward(
+        logprobs_bn=losses.next_token_logprobs(logits_bv, tokens_bs[:, prompt_len - 1 :]),
+        logits_bnv=logits_bv[:, :-1],
+        hidden_bnd=out.hidden_btd[:, prompt_len - 1 : -1],
+    )
+
+
 def response_logprobs(
     model: CausalLM,
     params: Any,
@@ -116,17 +153,9 @@ def response_logprobs(
     prompt_len: int,
     temperature: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
-    """Teacher-forced log-probs of the response tokens, and their logits.
-
-    Returns:
-      (float32 [B, N] log p(response token n | everything before), float32 [B, N, V] the
-      temperature-scaled logits that predicted each response token).
-    """
-    out = model.apply(params, tokens_bs, attention_mask_bs)
-    scale = 1.0 if temperature == 0.0 else temperature
-    logits_bsv = out.logits_btv.astype(jnp.float32) / scale
-    logprobs_bn = losses.next_token_logprobs(logits_bsv, tokens_bs)[:, prompt_len - 1 :]
-    return logprobs_bn, logits_bsv[:, prompt_len - 1 : -1]
+    """(float32 [B, N] response log-probs, float32 [B, N, V] their logits): `policy_forward`."""
+    out = policy_forward(model, params, tokens_bs, attention_mask_bs, prompt_len, temperature)
+    return out.logprobs_bn, out.logits_bnv
 
 
 def response_values(
@@ -191,19 +220,19 @@ def rollout(
     mask_bn = generated.response_mask_bn
     prompt_len = prompt_tokens_bp.shape[1]
     temperature = config.sampling.temperature
-    logprobs_bn, _ = response_logprobs(
+    policy_out = policy_forward(
         models.policy, params.policy, tokens_bs, attention_bs, prompt_len, temperature
     )
     ref_logprobs_bn, _ = response_logprobs(
         models.policy, params.reference, tokens_bs, attention_bs, prompt_len, temperature
     )
-    logprobs_bn = jnp.where(mask_bn, logprobs_bn, 0.0)
+    logprobs_bn = jnp.where(mask_bn, policy_out.logprobs_bn, 0.0)
     ref_logprobs_bn = jnp.where(mask_bn, ref_logprobs_bn, 0.0)
-    values_bn = jnp.where(
-        mask_bn,
-        response_values(models.value, params.value, tokens_bs, attention_bs, prompt_len),
-        0.0,
-    )
+    if isinstance(models.value, ValueHead):
+        values_bn = models.value.apply(params.value, policy_out.hidden_bnd)
+    else:
+        values_bn = response_values(models.value, params.value, tokens_bs, attention_bs, prompt_len)
+    values_bn = jnp.where(mask_bn, values_bn, 0.0)
     score_fn = models.reward
     if isinstance(score_fn, ScalarModel):
         score_fn = lambda p, t, a, m: sequence_scores(models.reward, p, t, a, m)  # noqa: E731
@@ -235,14 +264,30 @@ def rollout(
     )
 
 
+def duplicate_responses(batch: Rollout) -> jax.Array:
+    """bool [B]: the row's response (tokens up to its first EOS) equals another row's exactly.
+
+    Prompts differ between rows, so a high share of duplicates is a sign of mode collapse (one
+    reply, e.g. a stock refusal, for every prompt). Costs a [B, B, N] comparison.
+    """
+    response_bn = jnp.where(
+        batch.response_mask_bn, batch.tokens_bs[:, batch.prompt_len :], -1
+    )  # -1 never is a token id, so masked tails only match masked tails
+    same_bb = jnp.all(response_bn[:, None, :] == response_bn[None, :, :], axis=-1)
+    rows = response_bn.shape[0]
+    return jnp.any(same_bb & ~jnp.eye(rows, dtype=bool), axis=-1)
+
+
 def rollout_metrics(batch: Rollout) -> losses.Metrics:
     """(sum, count) pairs: raw and normalised score, KL per sequence (sum over tokens) and per
-    token, response length, EOS rate."""
+    token, response length, EOS rate, and the share of responses that duplicate another one in
+    the batch (`duplicate_responses`)."""
     mask_bn = batch.response_mask_bn.astype(jnp.float32)
     rows = jnp.asarray(mask_bn.shape[0], jnp.float32)
     length_b = jnp.sum(mask_bn, axis=-1)
     kl_b = jnp.sum(batch.kl_bn, axis=-1)
     return {
+        "duplicate_rate": (jnp.sum(duplicate_responses(batch).astype(jnp.float32)), rows),
         "score_raw": (jnp.sum(batch.raw_score_b), rows),
         "score": (jnp.sum(batch.score_b), rows),
         "kl": (jnp.sum(kl_b), rows),

@@ -11,7 +11,7 @@ import pytest
 from rlhf_jax import losses, ppo, sharding
 from rlhf_jax import rollout as rollout_lib
 from rlhf_jax.generation import SamplingConfig
-from rlhf_jax.models import CausalLM, ScalarModel, TransformerConfig
+from rlhf_jax.models import CausalLM, ScalarModel, TransformerConfig, ValueHead
 from rlhf_jax.training import state as state_lib
 
 V, P, N, B = 16, 4, 6, 8
@@ -409,3 +409,85 @@ def test_ppo_learns_a_programmatic_reward_and_ptx_limits_the_alignment_tax():
     _, _, nll_rise_ptx = run_target_token_ppo(ptx_coef=1.0)
     # PPO alone raises the pretraining NLL; with the ptx term it rises less (here: it falls).
     assert nll_rise_ppo > 0.1 and nll_rise_ptx < nll_rise_ppo, (nll_rise_ppo, nll_rise_ptx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value head on the policy backbone, collapse and KL checks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_value_head_on_policy_backbone_reads_policy_hidden_states_and_trains_the_decoder():
+    models, params, config, _ = make_setup()
+    head = ValueHead(tiny_config())
+    head_params, _ = state_lib.init_variables(head, P + N, seed=3)
+    shared_models = rollout_lib.RolloutModels(policy=models.policy, value=head, reward=models.value)
+    shared_params = params.replace(value=head_params)
+    tokens, mask = prompts()
+    out = rollout_lib.make_rollout(shared_models, config)(
+        shared_params, tokens, mask, jnp.float32(0.1), jax.random.key(1)
+    )
+    # Values are the head applied to the policy's own hidden state before each response token.
+    hidden = models.policy.apply(params.policy, out.tokens_bs, out.attention_mask_bs).hidden_btd
+    want = head.apply(head_params, hidden[:, P - 1 : -1])
+    response_mask = np.asarray(out.response_mask_bn)
+    np.testing.assert_allclose(
+        np.asarray(out.values_bn)[response_mask], np.asarray(want)[response_mask], atol=1e-6
+    )
+
+    def updated(value_model, value_params, value_coef):
+        tx = optax.adam(1e-2)
+        state = ppo.create_ppo_state(params.policy, value_params, tx, tx, ppo.KLConfig(), seed=0)
+        cfg = ppo.PPOConfig(epochs=2, minibatches=2, value_coef=value_coef)
+        update = jax.jit(ppo.make_ppo_update(models.policy, value_model, tx, tx, cfg))
+        return update(state, out, None, jax.random.key(2))
+
+    separate, _ = updated(models.value, params.value, 0.0)
+    no_value_grad, _ = updated(head, head_params, 0.0)
+    joint, metrics = updated(head, head_params, 1.0)
+    # value_coef = 0: the decoder follows the policy loss alone, as with a separate value model.
+    chex.assert_trees_all_close(no_value_grad.policy.params, separate.policy.params, atol=1e-6)
+    # value_coef = 1: the value loss's gradient reaches the shared decoder, and the head learns.
+    kernel = lambda p: p["params"]["decoder"]["layer_0"]["mlp"]["up"]["kernel"]  # noqa: E731
+    assert np.abs(kernel(joint.policy.params) - kernel(separate.policy.params)).max() > 1e-4
+    assert not np.allclose(
+        joint.value.params["params"]["head"]["kernel"], head_params["params"]["head"]["kernel"]
+    )
+    assert int(joint.value.step) == 4 and metrics["value/loss"][1] > 0
+    assert set(joint.value.params["params"]) == {"head"}
+
+
+def test_duplicate_responses_compare_tokens_up_to_eos_only():
+    tokens = np.array(
+        [
+            [1, 1, 7, 8, EOS, 9],  # same response as row 1 (after EOS the tail differs)
+            [3, 3, 7, 8, EOS, 4],
+            [1, 1, 7, 8, 9, 9],  # shares a prefix only
+            [3, 1, 6, 6, 6, 6],
+        ],
+        np.int32,
+    )
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]], bool)
+    zeros = jnp.zeros((4, 4))
+    batch = rollout_lib.Rollout(
+        tokens_bs=jnp.asarray(tokens),
+        attention_mask_bs=jnp.ones((4, 6), bool),
+        response_mask_bn=jnp.asarray(mask),
+        logprobs_bn=zeros,
+        ref_logprobs_bn=zeros,
+        values_bn=zeros,
+        kl_bn=zeros,
+        rewards_bn=zeros,
+        raw_score_b=jnp.zeros(4),
+        score_b=jnp.zeros(4),
+        has_eos_b=jnp.zeros(4, bool),
+    )
+    dup = np.asarray(rollout_lib.duplicate_responses(batch))
+    np.testing.assert_array_equal(dup, [True, True, False, False])
+    total, rows = rollout_lib.rollout_metrics(batch)["duplicate_rate"]
+    assert float(total) / float(rows) == 0.5
+
+
+def test_negative_kl_warning_only_beyond_noise():
+    assert ppo.negative_kl_warning(0.3) is None
+    assert ppo.negative_kl_warning(-0.01) is None  # within sampling noise
+    assert "temperature" in ppo.negative_kl_warning(-0.5)

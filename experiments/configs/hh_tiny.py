@@ -114,6 +114,10 @@ def get_config(variant: str = "sft") -> ml_collections.ConfigDict:
                 kl_horizon=10_000,
                 score_clip=0.0,  # 0 disables
                 missing_eos_penalty=0.0,  # 0 disables; e.g. -1.0
+                # "reward": a separate value model initialised from the RM (InstructGPT);
+                # "policy_head": a ValueHead on the policy's backbone (one forward, joint loss).
+                value_model="reward",
+                value_coef=0.1,  # weight of the value loss in the joint loss (policy_head only)
                 eval_batches=2,
                 sample_rows=8,
             )

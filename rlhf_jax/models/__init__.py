@@ -2,7 +2,7 @@
 
 from rlhf_jax.models import hf
 from rlhf_jax.models.config import RopeScaling, TransformerConfig
-from rlhf_jax.models.heads import CausalLM, LMOutput, ScalarModel, ScalarOutput
+from rlhf_jax.models.heads import CausalLM, LMOutput, ScalarModel, ScalarOutput, ValueHead
 from rlhf_jax.models.kv_cache import KVCache, init_cache
 from rlhf_jax.models.transformer import Decoder, positions_from_mask
 
@@ -15,6 +15,7 @@ __all__ = [
     "ScalarModel",
     "ScalarOutput",
     "TransformerConfig",
+    "ValueHead",
     "hf",
     "init_cache",
     "positions_from_mask",

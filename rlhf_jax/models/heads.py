@@ -60,13 +60,20 @@ class CausalLM(nn.Module):
         positions_bt: jax.Array | None = None,
         cache: KVCache | None = None,
         deterministic: bool = True,
+        logits_start: int = 0,
     ) -> LMOutput:
-        """See `Decoder.__call__` for the arguments; logits are upcast to float32."""
+        """See `Decoder.__call__` for the arguments; logits are upcast to float32.
+
+        logits_start: static; logits are computed for positions >= logits_start only, so
+          logits_btv is [B, T - logits_start, V] (PPO scores responses, not prompts: the LM
+          head, V x E per position, is the costliest matmul of a small model).
+        """
         out = self.decoder(tokens_bt, attention_mask_bt, positions_bt, cache, deterministic)
+        hidden_btd = out.hidden_btd[:, logits_start:] if logits_start else out.hidden_btd
         if self.config.tie_embeddings:
-            logits_btv = self.decoder.attend(out.hidden_btd)
+            logits_btv = self.decoder.attend(hidden_btd)
         else:
-            logits_btv = self.lm_head(out.hidden_btd)
+            logits_btv = self.lm_head(hidden_btd)
         return LMOutput(
             logits_btv=logits_btv.astype(jnp.float32), hidden_btd=out.hidden_btd, cache=out.cache
         )
@@ -94,16 +101,37 @@ class ScalarModel(nn.Module):
         out = Decoder(cfg, name="decoder")(
             tokens_bt, attention_mask_bt, positions_bt, cache, deterministic
         )
-        scores_bt1 = nn.Dense(
-            1,
-            dtype=jnp.float32,
-            param_dtype=cfg.jnp_param_dtype,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.normal(1.0 / (cfg.embed_dim + 1) ** 0.5), ("embed", None)
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)),
-            name="head",
-        )(out.hidden_btd.astype(jnp.float32))
-        return ScalarOutput(
-            scores_bt=scores_bt1[..., 0], hidden_btd=out.hidden_btd, cache=out.cache
-        )
+        scores_bt = _scalar_score(cfg, "head", out.hidden_btd)
+        return ScalarOutput(scores_bt=scores_bt, hidden_btd=out.hidden_btd, cache=out.cache)
+
+
+class ValueHead(nn.Module):
+    """A value head on another model's backbone: a linear scalar read from its hidden states.
+
+    PPO's option of a value function on the policy (`rlhf_jax.ppo`): the policy forward already
+    computes hidden_btd, so values cost one [E] x [E, 1] product per token. Its variables,
+    {"params": {"head": {"kernel", "bias"}}}, have the layout of a ScalarModel's head, so a reward
+    model's head can initialise it.
+    """
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, hidden_btd: jax.Array) -> jax.Array:
+        """hidden_btd: [B, T, E] -> float32 [B, T] values."""
+        return _scalar_score(self.config, "head", hidden_btd)
+
+
+def _scalar_score(cfg: TransformerConfig, name: str, hidden_btd: jax.Array) -> jax.Array:
+    """float32 [B, T]: a linear E -> 1 head (in float32: scores are compared across sequences)."""
+    head = nn.Dense(
+        1,
+        dtype=jnp.float32,
+        param_dtype=cfg.jnp_param_dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.normal(1.0 / (cfg.embed_dim + 1) ** 0.5), ("embed", None)
+        ),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)),
+        name=name,
+    )
+    return head(hidden_btd.astype(jnp.float32))[..., 0]

@@ -89,6 +89,7 @@ def train_loop(
     evaluate: Callable[[Any], dict[str, float]] | None = None,
     meta: dict | None = None,
     tokens_in_batch: Callable[[dict], int] = lambda b: 0,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> LoopResult:
     """Runs `train_step` from `state.step` to `config.num_steps`.
 
@@ -103,6 +104,7 @@ def train_loop(
       evaluate: `params -> {name: mean}`; run every eval_every steps and at the end.
       meta: JSON-able run metadata stored in each checkpoint.
       tokens_in_batch: host batch -> number of real tokens, for the throughput figure.
+      on_log: called as on_log(step, train means) after each logged window (e.g. PPO's checks).
     """
     start = done = int(state.step)
     window, last_train, last_eval = None, {}, {}
@@ -155,6 +157,8 @@ def train_loop(
                         "had a NaN/inf loss or gradient (updates skipped). Lower the "
                         "learning rate or check the data; the last good checkpoint is kept."
                     )
+                if on_log:
+                    on_log(done, last_train)
                 window, tokens, t0 = None, 0, time.perf_counter()
             if evaluate and config.eval_every and done % config.eval_every == 0:
                 last_eval = evaluate(state.params)

@@ -12,6 +12,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
 from rlhf_jax import sharding as sharding_lib
+from rlhf_jax.models.heads import ValueHead
 
 
 class TrainState(struct.PyTreeNode):
@@ -73,6 +74,10 @@ def state_shardings(
 
 def init_variables(model, seq_len: int, seed: int) -> tuple[Any, Any]:
     """(unboxed variables, logical PartitionSpecs) of a freshly initialised model."""
-    tokens = jnp.zeros((1, seq_len), jnp.int32)
-    boxed = model.init(jax.random.key(seed), tokens, jnp.ones((1, seq_len), bool))
+    if isinstance(model, ValueHead):  # reads hidden states, not tokens
+        hidden = jnp.zeros((1, seq_len, model.config.embed_dim), model.config.jnp_dtype)
+        boxed = model.init(jax.random.key(seed), hidden)
+    else:
+        tokens = jnp.zeros((1, seq_len), jnp.int32)
+        boxed = model.init(jax.random.key(seed), tokens, jnp.ones((1, seq_len), bool))
     return nn.unbox(boxed), nn.get_partition_spec(boxed)
