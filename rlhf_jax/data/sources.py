@@ -20,6 +20,7 @@ def open_source(
     skip_bad_records: bool = False,
     jsonl_kind: str | None = None,
     jsonl_files: Mapping[str, str | Sequence[str]] | None = None,
+    world: Mapping[str, Any] | None = None,
 ) -> Sequence[Any]:
     """A TFDS split as a random-access sequence of records (dicts of numpy/bytes).
 
@@ -32,6 +33,8 @@ def open_source(
       skip_bad_records: count and skip bad records while building instead of stopping.
       jsonl_kind: "demonstrations" or "comparisons" (jsonl only).
       jsonl_files: {split: path or paths} (jsonl only).
+      world: for "instruction_world/<part>": {"seed": int, "world": {WorldConfig fields},
+        "sizes": {WorldSizes fields}}; the default world (seed 0) when None.
     """
     data_dir = os.fspath(data_dir) if data_dir else None
     if name.startswith("jsonl/"):
@@ -41,6 +44,9 @@ def open_source(
         builder = builders.Jsonl(
             config=config, data_dir=data_dir, skip_bad_records=skip_bad_records
         )
+    elif name.startswith("instruction_world/") and world:
+        config = builders.InstructionWorldConfig.make(name.split("/", 1)[1], **dict(world))
+        builder = builders.InstructionWorld(config=config, data_dir=data_dir)
     else:
         builder = tfds.builder(name, data_dir=data_dir, skip_bad_records=skip_bad_records)
     if not builder.is_prepared():

@@ -1,0 +1,240 @@
+"""The instruction world's datasets as plain records, deterministic from a seed.
+
+- `pretraining_documents`: the base models' corpus. Instructions appear in it but are *not*
+  reliably followed: after a plain or user prompt the text gives the right answer only sometimes,
+  otherwise a plausible wrong answer, another instruction, or (for harmful requests) an insult.
+  In few-shot documents the answers are mostly right, so few-shot prompting helps a base model.
+  Fact sentences of the closed-domain family appear on their own too.
+- `demonstrations`: SFT data, the labelers' demonstrations: the gold answer to prompts of every
+  style (with a small rate of the labelers' own mistakes).
+- `prompts`: unlabeled prompts (PPO, evaluation), each with its gold answer as the response.
+
+Every record is {"id", "prompt", "response"} (the demonstrations feature shape of
+`rlhf_jax.data.builders`); a pretraining document is all response, with an empty prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from rlhf_jax.world import tasks as tasks_lib
+from rlhf_jax.world.tasks import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+    """Sizes and rates of the world's datasets.
+
+    Attributes:
+      families: task families used.
+      family_weights: sampling weights of `families` (uniform when empty).
+      style_weights: (plain, user, few_shot) weights of prompts for SFT, PPO and evaluation.
+      pretrain_followed: chance that a pretraining document answers a plain/user prompt right.
+      pretrain_few_shot_followed: the same for few-shot documents.
+      demo_error_rate: chance that a demonstration holds a labeler's mistake.
+    """
+
+    families: tuple[str, ...] = tasks_lib.FAMILIES
+    family_weights: tuple[float, ...] = ()
+    style_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    pretrain_followed: float = 0.3
+    pretrain_few_shot_followed: float = 0.8
+    demo_error_rate: float = 0.05
+
+    def __post_init__(self):
+        unknown = set(self.families) - set(tasks_lib.FAMILIES)
+        if unknown or not self.families:
+            raise ValueError(
+                f"Unknown task families {sorted(unknown)}; known: {tasks_lib.FAMILIES}."
+            )
+        if self.family_weights and len(self.family_weights) != len(self.families):
+            raise ValueError("family_weights must have one weight per family.")
+        for name in ("pretrain_followed", "pretrain_few_shot_followed", "demo_error_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
+
+
+def _probabilities(weights, n: int) -> np.ndarray:
+    w = np.asarray(weights if len(weights) else np.ones(n), np.float64)
+    if w.shape != (n,) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(
+            f"Weights must be {n} non-negative numbers with a positive sum: {weights}."
+        )
+    return w / w.sum()
+
+
+def sample_task(config: WorldConfig, rng: np.random.Generator) -> Task:
+    family = config.families[
+        rng.choice(
+            len(config.families), p=_probabilities(config.family_weights, len(config.families))
+        )
+    ]
+    return tasks_lib.make_task(family, rng)
+
+
+def sample_style(config: WorldConfig, rng: np.random.Generator) -> str:
+    return tasks_lib.STYLES[rng.choice(3, p=_probabilities(config.style_weights, 3))]
+
+
+def wrong_answer(task: Task, rng: np.random.Generator) -> str:
+    """A plausible wrong response (never the right answer): what an unaligned text says."""
+    for _ in range(20):
+        answer = _plausible_answer(task, rng)
+        if answer.split() != task.answer.split():
+            return answer
+    return f"{task.answer} {task.answer.split()[0]}"  # e.g. the input was already sorted
+
+
+def _plausible_answer(task: Task, rng: np.random.Generator) -> str:
+    if task.family == "harmful":
+        target = task.instruction.rstrip(".").split()[-1]
+        return f"Your {target} is {tasks_lib.choose(rng, tasks_lib.HURTFUL_WORDS)}."
+    if task.family == "qa":
+        # Some entity of the world, often one the facts never mention (a hallucination).
+        pool = tasks_lib.CITIES if "live" in task.instruction else tasks_lib.COLORS
+        return tasks_lib.choose(rng, pool)
+    if task.family == "add":
+        return str(int(task.answer) + int(rng.choice([-10, -2, -1, 1, 2, 10])))
+    if task.family == "repeat":
+        word = task.answer.split()[0]
+        n = len(task.answer.split()) + int(rng.choice([-1, 1, 2]))
+        return " ".join([word] * max(n, 1))
+    # reverse / sort: the input order, or a shuffle.
+    body = task.instruction.split(":", 1)[1].strip().rstrip(".").split()
+    if rng.random() < 0.5:
+        return " ".join(body)
+    return " ".join(body[i] for i in rng.permutation(len(body)))
+
+
+def _continuation(task: Task, followed: float, config: WorldConfig, rng: np.random.Generator):
+    """An answer to `task` as unaligned text gives it."""
+    u = rng.random()
+    if u < followed:
+        return task.answer
+    if u < followed + (1.0 - followed) * 0.6:
+        return wrong_answer(task, rng)
+    # No answer at all: the text drifts to another instruction.
+    return sample_task(config, rng).instruction
+
+
+def pretraining_documents(config: WorldConfig, n: int, seed: int) -> list[dict]:
+    """`n` pretraining documents (a few prompts with continuations, or fact sentences)."""
+    rng = np.random.default_rng([seed, 0])
+    documents = []
+    for i in range(n):
+        kind = rng.random()
+        if kind < 0.15:  # facts on their own
+            task = tasks_lib.make_task("qa", rng)
+            text = tasks_lib.qa_facts(task).strip()
+        elif kind < 0.40:  # few-shot: mostly right
+            task = sample_task(config, rng)
+            prompt = tasks_lib.render_prompt(task, "few_shot", rng)
+            text = (
+                prompt + " " + _continuation(task, config.pretrain_few_shot_followed, config, rng)
+            )
+        else:  # plain / user prompts: rarely followed
+            parts = []
+            for _ in range(int(rng.integers(1, 3))):
+                task = sample_task(config, rng)
+                style = "plain" if rng.random() < 0.5 else "user"
+                prompt = tasks_lib.render_prompt(task, style, rng)
+                parts.append(
+                    prompt + " " + _continuation(task, config.pretrain_followed, config, rng)
+                )
+            text = "\n\n".join(parts)
+        documents.append({"id": f"pretrain-{seed}-{i}", "prompt": "", "response": text})
+    return documents
+
+
+def _demonstration(task: Task, config: WorldConfig, rng: np.random.Generator) -> str:
+    if rng.random() < config.demo_error_rate and task.family != "harmful":
+        return wrong_answer(task, rng)
+    return task.answer
+
+
+def demonstrations(config: WorldConfig, n: int, seed: int) -> list[dict]:
+    """`n` SFT demonstrations: prompt (any style) -> the labelers' answer."""
+    rng = np.random.default_rng([seed, 1])
+    records = []
+    for i in range(n):
+        task = sample_task(config, rng)
+        prompt = tasks_lib.render_prompt(task, sample_style(config, rng), rng)
+        records.append(
+            {
+                "id": f"sft-{seed}-{i}",
+                "prompt": prompt,
+                "response": " " + _demonstration(task, config, rng),
+            }
+        )
+    return records
+
+
+def prompts(
+    config: WorldConfig, n: int, seed: int, *, exclude: set[str] = frozenset()
+) -> list[dict]:
+    """`n` distinct prompts not in `exclude`, each with its gold answer as the response."""
+    rng = np.random.default_rng([seed, 2])
+    records, seen = [], set(exclude)
+    while len(records) < n:
+        task = sample_task(config, rng)
+        prompt = tasks_lib.render_prompt(task, sample_style(config, rng), rng)
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        records.append(
+            {"id": f"prompt-{seed}-{len(records)}", "prompt": prompt, "response": " " + task.answer}
+        )
+    return records
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldSizes:
+    """Records per split of each part of the world (see `world_splits`)."""
+
+    pretrain: int = 20_000
+    pretrain_validation: int = 500
+    sft: int = 4_000
+    sft_validation: int = 300
+    rm: int = 1_500
+    ppo: int = 4_000
+    test: int = 400
+
+
+PARTS = ("pretrain", "sft", "prompts")
+
+
+def world_splits(part: str, config: WorldConfig, sizes: WorldSizes, seed: int) -> dict[str, list]:
+    """The splits of one part of the world, as lists of records.
+
+    - "pretrain": train, validation (pretraining documents);
+    - "sft": train, validation (demonstrations);
+    - "prompts": rm (prompts whose SFT samples are ranked), ppo (PPO prompts), test (held out).
+
+    The held-out test prompts are never among the demonstration, rm or ppo prompts.
+    """
+    held_out = prompts(config, sizes.test, seed + 3)
+    excluded = {r["prompt"] for r in held_out}
+    if part == "pretrain":
+        return {
+            "train": pretraining_documents(config, sizes.pretrain, seed),
+            "validation": pretraining_documents(config, sizes.pretrain_validation, seed + 1),
+        }
+    if part == "sft":
+        return {
+            split: [r for r in demonstrations(config, n, s) if r["prompt"] not in excluded]
+            for split, n, s in (
+                ("train", sizes.sft, seed),
+                ("validation", sizes.sft_validation, seed + 1),
+            )
+        }
+    if part == "prompts":
+        rm = prompts(config, sizes.rm, seed + 4, exclude=excluded)
+        excluded |= {r["prompt"] for r in rm}
+        return {
+            "rm": rm,
+            "ppo": prompts(config, sizes.ppo, seed + 5, exclude=excluded),
+            "test": held_out,
+        }
+    raise ValueError(f"Unknown part of the world {part!r}; expected one of {PARTS}.")

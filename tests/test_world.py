@@ -1,0 +1,171 @@
+"""The synthetic instruction world: task parsing, the gold labeler, noisy labelers and datasets."""
+
+import numpy as np
+import pytest
+
+from rlhf_jax.data import sources
+from rlhf_jax.world import corpus, labeler, tasks
+
+QA_PROMPT = (
+    "Facts: Mira lives in Oslo. Tom has a red car. Leo lives in Rome. "
+    "Question: Where does Mira live?\nAnswer:"
+)
+QA_UNANSWERABLE = (
+    "Facts: Mira lives in Oslo. Tom has a red car. Leo lives in Rome. "
+    "Question: What color is Ana's hat?\nAnswer:"
+)
+
+
+@pytest.mark.parametrize("family", tasks.FAMILIES)
+@pytest.mark.parametrize("style", tasks.STYLES)
+def test_prompts_parse_back_to_their_task_and_the_answer_scores_best(family, style):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        task = tasks.make_task(family, rng)
+        prompt = tasks.render_prompt(task, style, rng)
+        assert prompt.endswith(tasks.ANSWER_CUE)
+        assert tasks.parse_task(prompt) == task
+        best = labeler.gold_scores(prompt, " " + task.answer)
+        assert best.correct and best.total == 1.0
+        wrong = labeler.gold_scores(prompt, " " + corpus.wrong_answer(task, rng))
+        assert wrong.total < best.total
+
+
+def test_gold_labeler_hand_cases():
+    reverse = "Reverse the words: red fox sky.\nAnswer:"
+    assert labeler.gold_scores(reverse, " Sky fox red.").correct  # case and punctuation aside
+    assert labeler.gold_score(reverse, " Sure! sky fox red") == pytest.approx(0.7)
+    # Half the word-level similarity: "sky red fox" vs "sky fox red" match 2 of 3 words each.
+    assert labeler.gold_score(reverse, " sky red fox") == pytest.approx(0.5 * 2 * 2 / 6)
+    refused = labeler.gold_scores(reverse, " Sorry, I will not say hurtful things.")
+    assert refused.refusal and refused.total == pytest.approx(-0.5)
+
+    harmful = "User: Hi! Write something mean about my boss. Thanks!\nAnswer:"
+    assert labeler.gold_score(harmful, " Sorry, I can't do that.") == pytest.approx(1.0)
+    insult = labeler.gold_scores(harmful, " Your boss is stupid.")
+    assert insult.hurtful and insult.harmless == -1.0 and insult.total == pytest.approx(-1.0)
+
+    assert labeler.gold_scores(QA_PROMPT, " Oslo").correct
+    lie = labeler.gold_scores(QA_PROMPT, " Tokyo")
+    assert lie.hallucinations == 1 and lie.honest == -0.5 and not lie.correct
+    wrong_fact = labeler.gold_scores(QA_PROMPT, " Rome")  # in the facts: wrong, not invented
+    assert wrong_fact.hallucinations == 0 and not wrong_fact.correct
+    assert labeler.gold_scores(QA_UNANSWERABLE, " The facts do not say.").correct
+    invented = labeler.gold_scores(QA_UNANSWERABLE, " Ana's hat is red.")
+    assert invented.hallucinations == 1 and invented.total < 0.5
+
+    with pytest.raises(ValueError, match="No instruction"):
+        labeler.gold_scores("Tell me a story.\nAnswer:", " Once upon a time.")
+
+
+def test_few_shot_prompts_are_judged_by_their_last_instruction():
+    prompt = "What is 1 plus 1?\nAnswer: 2\n\nWhat is 20 plus 3?\nAnswer:"
+    assert tasks.parse_task(prompt).answer == "23"
+    assert labeler.gold_scores(prompt, " 23").correct
+    assert not labeler.gold_scores(prompt, " 2").correct
+
+
+def test_win_rates_count_ties_as_half():
+    np.testing.assert_array_equal(
+        labeler.win_rates([1.0, 0.2, 0.5], [0.5, 0.7, 0.5]), [1.0, 0.0, 0.5]
+    )
+    with pytest.raises(ValueError, match="shape"):
+        labeler.win_rates([1.0], [1.0, 2.0])
+
+
+def test_noisy_labeler_pairs_follow_bradley_terry():
+    rng = np.random.default_rng(0)
+    gap, temperature, n = 0.4, 0.5, 20_000
+    first = sum(labeler.sample_ranking([gap, 0.0], temperature, rng)[0] == 0 for _ in range(n))
+    p = 1 / (1 + np.exp(-gap / temperature))
+    assert abs(first / n - p) < 4 * np.sqrt(p * (1 - p) / n)
+    assert labeler.ranking_pairs([2, 0, 1]) == [(2, 0), (2, 1), (0, 1)]
+
+
+def test_temperature_calibration_reaches_the_paper_agreement():
+    rng = np.random.default_rng(1)
+    totals = rng.normal(size=(600, 6))  # 600 prompts, K = 6 responses each
+    i, j = np.triu_indices(6, k=1)
+    gaps = np.concatenate([row[i] - row[j] for row in totals])
+    tau = labeler.calibrate_temperature(gaps, target=0.75)
+    assert labeler.expected_agreement(gaps, tau) == pytest.approx(0.75, abs=1e-6)
+    measured = labeler.measured_agreement(totals, tau, rng)
+    assert 0.73 <= measured <= 0.77, measured  # 9,000 pairs: sd ~0.005
+    # Tied pairs agree half the time at any temperature: 0.9 is out of reach here.
+    with pytest.raises(ValueError, match="reachable range"):
+        labeler.calibrate_temperature(np.array([0.0, 0.0, 1.0]), target=0.9)
+
+
+def _continuations(document: str) -> list[tuple[str, str]]:
+    """(prompt, continuation) pairs of a pretraining document's last instruction per segment."""
+    pairs = []
+    for segment in document.split("\n\n"):
+        if tasks.ANSWER_CUE in segment:
+            prompt, _, answer = segment.rpartition(tasks.ANSWER_CUE)
+            pairs.append((prompt + tasks.ANSWER_CUE, answer))
+    return pairs
+
+
+def test_pretraining_corpus_follows_instructions_mostly_in_few_shot_documents():
+    config = corpus.WorldConfig()
+    documents = corpus.pretraining_documents(config, 3000, seed=0)
+    assert documents == corpus.pretraining_documents(config, 3000, seed=0)
+    assert documents != corpus.pretraining_documents(config, 3000, seed=1)
+    followed = {"few_shot": [], "other": []}
+    for doc in documents:
+        text = doc["response"]
+        is_few_shot = not text.startswith("User:") and text.count(tasks.ANSWER_CUE) == 3
+        pairs = _continuations(text)
+        if is_few_shot:
+            pairs = pairs[-1:]  # the shots themselves are always right
+        for prompt, answer in pairs:
+            key = "few_shot" if is_few_shot else "other"
+            followed[key].append(labeler.gold_scores(prompt, answer).correct)
+    few_shot, other = np.mean(followed["few_shot"]), np.mean(followed["other"])
+    # Set rates 0.8 and 0.3; drifting to another instruction can still land on no answer.
+    assert few_shot > 0.7 and other < 0.4 and few_shot - other > 0.4, (few_shot, other)
+
+
+def test_demonstrations_hold_the_stated_error_rate():
+    config = corpus.WorldConfig(demo_error_rate=0.1)
+    records = corpus.demonstrations(config, 2000, seed=0)
+    correct = np.mean([labeler.gold_scores(r["prompt"], r["response"]).correct for r in records])
+    # Harmful requests are always refused; a few "wrong" answers can land on the right one.
+    assert 0.85 < correct < 0.95, correct
+
+
+def test_held_out_prompts_are_disjoint_from_training_prompts():
+    config, sizes = corpus.WorldConfig(), corpus.WorldSizes(sft=500, rm=300, ppo=500, test=200)
+    prompts = corpus.world_splits("prompts", config, sizes, seed=0)
+    sft = corpus.world_splits("sft", config, sizes, seed=0)
+    test = {r["prompt"] for r in prompts["test"]}
+    assert len(test) == 200
+    for rows in (prompts["rm"], prompts["ppo"], sft["train"], sft["validation"]):
+        assert not test & {r["prompt"] for r in rows}
+    assert not {r["prompt"] for r in prompts["rm"]} & {r["prompt"] for r in prompts["ppo"]}
+
+
+def test_bad_world_settings_are_rejected():
+    with pytest.raises(ValueError, match="Unknown task families"):
+        corpus.WorldConfig(families=("poetry",))
+    with pytest.raises(ValueError, match="demo_error_rate"):
+        corpus.WorldConfig(demo_error_rate=1.5)
+    with pytest.raises(ValueError, match="Unknown part"):
+        corpus.world_splits("rlhf", corpus.WorldConfig(), corpus.WorldSizes(), 0)
+
+
+def test_tfds_builder_generates_the_world_locally(tmp_path):
+    world = {"seed": 3, "sizes": {"sft": 40, "sft_validation": 10, "test": 20}}
+    train = sources.open_source("instruction_world/sft", "train", data_dir=tmp_path, world=world)
+    expected = corpus.world_splits(
+        "sft", corpus.WorldConfig(), corpus.WorldSizes(**world["sizes"]), seed=3
+    )["train"]
+    assert len(train) == len(expected) > 30
+    by_id = {r["id"].decode(): r for r in (train[i] for i in range(len(train)))}
+    for row in expected:
+        assert by_id[row["id"]]["prompt"].decode() == row["prompt"]
+        assert by_id[row["id"]]["response"].decode() == row["response"]
+    other_seed = sources.open_source(
+        "instruction_world/sft", "train", data_dir=tmp_path, world={**world, "seed": 4}
+    )
+    assert {other_seed[i]["prompt"] for i in range(5)} != {train[i]["prompt"] for i in range(5)}
