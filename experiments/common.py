@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import ml_collections
 from absl import flags, logging
+from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from rlhf_jax import sharding
@@ -325,17 +326,17 @@ def eval_batches(source, transform, batch_size: int, seed: int):
     )
 
 
-def make_evaluate(forward: steps.Forward, run: Run, batches) -> Callable[[Any], dict[str, float]]:
+def make_evaluate(
+    forward: steps.Forward, mesh: Mesh, param_shardings: Any, batches
+) -> Callable[[Any], dict[str, float]]:
     """`evaluate(params) -> {metric: mean}` over `batches` (host batches, e.g. `eval_batches`),
-    with the forward jitted on the run's mesh and without dropout."""
-    eval_step = steps.jit_eval_step(steps.make_eval_step(forward), run.mesh, run.param_shardings)
+    with the forward jitted on `mesh` (params placed as `param_shardings`) and without dropout."""
+    eval_step = steps.jit_eval_step(steps.make_eval_step(forward), mesh, param_shardings)
 
     def evaluate(params) -> dict[str, float]:
         totals = None
         for batch in batches:
-            totals = sum_metrics(
-                totals, eval_step(params, pipeline.to_global_arrays(batch, run.mesh))
-            )
+            totals = sum_metrics(totals, eval_step(params, pipeline.to_global_arrays(batch, mesh)))
         return means(totals)
 
     return evaluate

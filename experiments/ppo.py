@@ -33,7 +33,7 @@ from rlhf_jax.data import pipeline
 from rlhf_jax.data.tokenizer import Tokenizer
 from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.models import CausalLM, ScalarModel, ValueHead, hf
-from rlhf_jax.training import export
+from rlhf_jax.training import export, steps
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training.loop import LoopConfig, means, sum_metrics, train_loop
 
@@ -54,6 +54,13 @@ def _load_models(config: ml_collections.ConfigDict):
         raise ValueError(f"{reward_dir} holds a {kind!r} model, not a reward model.")
     reward_config = dataclasses.replace(reward_config, dropout_rate=0.0)
     return sft_dir, policy_config, policy_params, reward_config, reward_params
+
+
+def _ptx_source(config, split: str):
+    """The pretraining-data stand-in (`config.ptx.name`, default the prompt dataset) at `split`."""
+    ptx_data = ml_collections.ConfigDict(config.data.to_dict())
+    ptx_data.name = config.ptx.name or config.data.name
+    return common.open_split(ptx_data, split)
 
 
 def _optimizer(config, learning_rate: float):
@@ -118,11 +125,11 @@ def _datasets(config, tokenizer: Tokenizer, prompt_source, ptx_source):
     )
 
 
-def write_samples(path: str, evaluation: int, prompts, responses, scores) -> None:
-    """Appends a markdown table of held-out samples (one per evaluation)."""
+def write_samples(path: str, title: str, prompts, responses, scores) -> None:
+    """Appends a markdown table of held-out samples under the heading `title`."""
     cell = lambda text: text.replace("|", "\\|").replace("\n", " ")[-300:]  # noqa: E731
     lines = [
-        f"\n## evaluation {evaluation}\n",
+        f"\n## {title}\n",
         "| prompt (end) | response | score |",
         "| --- | --- | --- |",
     ]
@@ -152,11 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
     prompt_source = common.open_split(config.data, config.data.train_split)
     eval_source = common.open_split(config.data, config.data.eval_split)
-    ptx_source = None
-    if config.ppo.ptx_coef > 0:
-        ptx_data = ml_collections.ConfigDict(config.data.to_dict())
-        ptx_data.name = config.ptx.name or config.data.name
-        ptx_source = common.open_split(ptx_data, config.ptx.split)
+    ptx_source = _ptx_source(config, config.ptx.split) if config.ppo.ptx_coef > 0 else None
 
     policy, reward_model = CausalLM(policy_config), ScalarModel(reward_config)
     _, policy_specs = state_lib.init_variables(policy, 8, config.seed)
@@ -236,12 +239,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(
             f"The eval split has fewer prompts than train.batch_size={config.train.batch_size}."
         )
+    # The alignment tax: NLL of every token of held-out "pretraining" text under the policy.
+    pretrain_nll = common.make_evaluate(
+        steps.sft_forward(policy),
+        mesh,
+        policy_sh,
+        common.eval_batches(
+            _ptx_source(config, config.ptx.get("eval_split") or config.data.eval_split),
+            pipeline.TokenizeDemonstration(
+                tokenizer, common.sequence_spec(config.data), loss_on_prompt=True
+            ),
+            config.ppo.ptx_batch_size,
+            config.seed,
+        ),
+    )
     samples_path = os.path.join(workdir, "samples.md")
     eval_kl_coef = jnp.float32(config.ppo.kl_coef)  # shapes rewards only; eval reports the KL
     evaluations = [0]
 
-    def evaluate(policy_params) -> dict[str, float]:
-        """Held-out prompts: mean RM score, KL and length at a fixed sampling key."""
+    def evaluate(policy_params, label: str = "") -> dict[str, float]:
+        """Held-out prompts: mean RM score, KL and length at a fixed sampling key, and the
+        held-out pretraining NLL."""
         totals, table = None, None
         params = rollout_lib.RolloutParams(policy_params, reference, eval_value, reward)
         for i, batch in enumerate(eval_batches):
@@ -262,10 +280,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 tokenizer.decode(tokens[i, :prompt_len][prompt_mask[i]]) for i in range(rows)
             ]
             responses = [tokenizer.decode(tokens[i, prompt_len:][mask[i]]) for i in range(rows)]
-            write_samples(samples_path, evaluations[0], prompts, responses, scores[:rows])
+            title = label or f"evaluation {evaluations[0]}"
+            write_samples(samples_path, title, prompts, responses, scores[:rows])
         result = means(totals)
+        result["pretrain_nll"] = pretrain_nll(policy_params)["nll"]
         warn_on_negative_kl(result["kl"], "held-out")
         return result
+
+    initial = evaluate(reference, label="the SFT policy (before PPO)")
 
     def place_batch(batch: dict) -> dict:
         """Prompts and ptx rows have their own batch sizes: placed as two batches."""
@@ -304,6 +326,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "eval_kl": result.last_eval.get("kl"),
         "eval_response_length": result.last_eval.get("response_length"),
         "eval_duplicate_rate": result.last_eval.get("duplicate_rate"),
+        "sft_eval_score": initial["score_raw"],
+        "sft_eval_duplicate_rate": initial["duplicate_rate"],
+        "eval_pretrain_nll": result.last_eval.get("pretrain_nll"),
+        "sft_eval_pretrain_nll": initial["pretrain_nll"],
         "value_model": value_kind,
         "ptx_nll": result.last_train.get("ptx/nll"),
         "generated_tokens_per_s": result.last_train.get("generated_tokens_per_s"),

@@ -94,7 +94,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     mesh = run_.mesh
     eval_data = common.eval_batches(eval_source, transform, config.train.batch_size, config.seed)
-    evaluate = common.make_evaluate(forward, run_, eval_data)
+    evaluate = common.make_evaluate(forward, run_.mesh, run_.param_shardings, eval_data)
 
     def tokens(batch):
         return int(np.sum(batch["mask_bkt"]))

@@ -69,7 +69,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_dataset=train_dataset,
     )
     eval_data = common.eval_batches(eval_source, transform, config.train.batch_size, config.seed)
-    eval_means = common.make_evaluate(forward, run_, eval_data)
+    eval_means = common.make_evaluate(forward, run_.mesh, run_.param_shardings, eval_data)
 
     def evaluate(params) -> dict[str, float]:
         result = eval_means(params)

@@ -261,3 +261,34 @@ def make_sampler(
         in_shardings=(param_shardings, batch2, batch2, sharding.replicated(mesh)),
         out_shardings=batch2,
     )
+
+
+def generate_texts(
+    sampler: Callable[..., GenerationOutput],
+    params,
+    tokenizer,
+    prompts: list[str],
+    *,
+    batch_size: int,
+    max_prompt_len: int,
+    rng: jax.Array,
+) -> list[str]:
+    """Response texts (EOS dropped) of `sampler` (from `make_sampler`) for every prompt.
+
+    Prompts go in batches of `batch_size` rows (the last one filled with repeats of its last
+    prompt, whose outputs are dropped), each batch with its own key folded from `rng`.
+
+    Args:
+      sampler: fn(params, tokens_bp, mask_bp, rng) -> GenerationOutput.
+      tokenizer: a `rlhf_jax.data.Tokenizer` (prompts are left-padded to `max_prompt_len`).
+    """
+    texts = []
+    for index, start in enumerate(range(0, len(prompts), batch_size)):
+        chunk = list(prompts[start : start + batch_size])
+        rows = len(chunk)
+        chunk += chunk[-1:] * (batch_size - rows)
+        batch = tokenizer.encode_prompts(chunk, max_prompt_len)
+        out = sampler(params, batch.tokens_bp, batch.mask_bp, jax.random.fold_in(rng, index))
+        tokens, mask = jax.device_get((out.response_tokens_bn, out.response_mask_bn))
+        texts += [tokenizer.decode(tokens[i][mask[i]]) for i in range(rows)]
+    return texts

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_jax.generation import SamplingConfig, check_prompts, make_sampler, sample_from_logits
+from rlhf_jax.generation import (
+    SamplingConfig,
+    check_prompts,
+    generate_texts,
+    make_sampler,
+    sample_from_logits,
+)
 from rlhf_jax.models import CausalLM, TransformerConfig
 from tests.hf_reference import left_padded_batch, reference_model
 
@@ -160,3 +166,29 @@ def test_bad_prompts_and_configs_are_rejected():
         SamplingConfig(4, top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingConfig(0)
+
+
+def test_generate_texts_batches_pads_and_decodes_every_prompt():
+    from rlhf_jax.data.tokenizer import train_bpe_tokenizer
+    from rlhf_jax.training import state as state_lib
+
+    texts = [f"What is {i} plus {i}? Answer: {2 * i}" for i in range(30)]
+    tokenizer = train_bpe_tokenizer(texts * 3, 300)
+    config = TransformerConfig.gpt2(
+        vocab_size=300, num_layers=1, num_heads=2, embed_dim=16, max_len=48
+    )
+    params, _ = state_lib.init_variables(CausalLM(config), 8, seed=0)
+    sampler = make_sampler(
+        CausalLM(config),
+        SamplingConfig(6, temperature=0.0, eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id),
+    )
+    prompts = [f"What is {i} plus {i}?" for i in range(5)]
+    kwargs = dict(batch_size=2, max_prompt_len=16, rng=jax.random.key(0))
+    got = generate_texts(sampler, params, tokenizer, prompts, **kwargs)
+    assert len(got) == 5  # 3 batches, the last padded with a repeat
+    # Each prompt's text equals decoding a call with that prompt alone (greedy: order-free).
+    for prompt, text in zip(prompts, got, strict=True):
+        batch = tokenizer.encode_prompts([prompt, prompt], 16)
+        out = sampler(params, batch.tokens_bp, batch.mask_bp, jax.random.key(1))
+        tokens, mask = np.asarray(out.response_tokens_bn[0]), np.asarray(out.response_mask_bn[0])
+        assert text == tokenizer.decode(tokens[mask])

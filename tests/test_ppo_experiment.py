@@ -69,7 +69,7 @@ def write_ppo_run(tmp_path: Path) -> Path:
                 c.ppo.update(epochs=2, minibatches=2, max_new_tokens=8, ptx_coef=0.5,
                              ptx_batch_size=4, kl_kind="adaptive", kl_horizon=100,
                              missing_eos_penalty=-1.0, eval_batches=1, sample_rows=4)
-                c.ptx.split = "train[:40]"
+                c.ptx.update(split="train[:40]", eval_split="train[40:]")
                 c.optim.update(learning_rate=1e-3, value_learning_rate=1e-3)
                 c.train.update(batch_size=8, num_steps={ITERATIONS}, log_every=1, eval_every=4,
                                checkpoint_every=2, keep_checkpoints=2)
@@ -93,7 +93,10 @@ def test_ppo_experiment_runs_and_resumes_after_sigkill(tmp_path):
 
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["iteration"] == ITERATIONS and not summary["preempted"]
-    assert np.isfinite(summary["eval_score"]) and np.isfinite(summary["ptx_nll"])
+    for key in ("eval_score", "sft_eval_score", "ptx_nll", "eval_pretrain_nll"):
+        assert np.isfinite(summary[key]), key
+    # The held-out pretraining NLL moved away from the SFT policy's (the alignment-tax figure).
+    assert summary["eval_pretrain_nll"] != summary["sft_eval_pretrain_nll"]
     assert summary["kl_coef"] != pytest.approx(0.02)  # the adaptive controller acted
     records = read_metrics(straight / "metrics.jsonl")
     train_keys = set().union(*(r.keys() for r in records if "train/loss" in r))
@@ -110,7 +113,8 @@ def test_ppo_experiment_runs_and_resumes_after_sigkill(tmp_path):
     ):
         assert key in train_keys, key
     samples = (straight / "samples.md").read_text()
-    assert samples.count("## evaluation") == 2 and samples.count("\n| ") >= 2 * (4 + 2)
+    assert samples.count("## the SFT policy (before PPO)") == 1
+    assert samples.count("## evaluation") == 2 and samples.count("\n| ") >= 3 * (4 + 2)
     assert (straight / "metrics.png").exists() and (straight / "model" / "config.json").exists()
 
     proc = subprocess.Popen(

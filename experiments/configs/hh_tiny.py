@@ -123,7 +123,9 @@ def get_config(variant: str = "sft") -> ml_collections.ConfigDict:
             )
         )
         # PPO-ptx's "pretraining" stand-in here: the HH chosen dialogues (loss on every token).
-        c.ptx = ml_collections.ConfigDict(dict(name="", split="test[:90%]"))
+        c.ptx = ml_collections.ConfigDict(
+            dict(name="", split="test[:90%]", eval_split="test[90%:]")
+        )
     else:
         raise ValueError(f"Unknown variant {variant!r}; expected 'sft', 'reward' or 'ppo'.")
     return c

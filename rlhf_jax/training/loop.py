@@ -107,7 +107,7 @@ def train_loop(
       on_log: called as on_log(step, train means) after each logged window (e.g. PPO's checks).
     """
     start = done = int(state.step)
-    window, last_train, last_eval = None, {}, {}
+    window, last_train, last_eval, evaluated_at = None, {}, {}, None
     tokens, t0 = 0, time.perf_counter()
     preempted = False
     bar = tqdm(total=config.num_steps, initial=start, desc="train", dynamic_ncols=True)
@@ -161,7 +161,7 @@ def train_loop(
                     on_log(done, last_train)
                 window, tokens, t0 = None, 0, time.perf_counter()
             if evaluate and config.eval_every and done % config.eval_every == 0:
-                last_eval = evaluate(state.params)
+                last_eval, evaluated_at = evaluate(state.params), done
                 writer.write(done, last_eval, prefix="eval/")
                 logging.info("step %d eval %s", done, last_eval)
             if checkpointer and (
@@ -174,7 +174,10 @@ def train_loop(
                 preempted = True
                 break
     bar.close()
-    if evaluate and not preempted and not (config.eval_every and done % config.eval_every == 0):
+    if done == start:  # the run had already finished: report its last logged figures
+        logging.info("The run already finished at step %d; nothing left to train.", done)
+        last_train, last_eval = writer.latest("train/"), writer.latest("eval/")
+    elif evaluate and not preempted and evaluated_at != done:
         last_eval = evaluate(state.params)
         writer.write(int(state.step), last_eval, prefix="eval/")
     return LoopResult(state=state, preempted=preempted, last_train=last_train, last_eval=last_eval)

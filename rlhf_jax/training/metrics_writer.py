@@ -52,6 +52,17 @@ class MetricWriter:
                 self._tb.add_scalar(key, value, int(step))
         self._tb.flush()
 
+    def latest(self, prefix: str) -> dict[str, float]:
+        """The newest logged values of each metric named `prefix`..., with the prefix removed
+        ({} when none, or when inactive)."""
+        if not self.active:
+            return {}
+        self._file.flush()
+        latest = {}
+        for record in read_metrics(self.path):
+            latest.update({k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)})
+        return latest
+
     def close(self) -> None:
         if not self.active:
             return
