@@ -121,6 +121,7 @@ def open_split(data: ml_collections.ConfigDict, split: str):
         skip_bad_records=data.get("skip_bad_records", False),
         jsonl_kind=data.get("jsonl_kind"),
         jsonl_files=dict(data.jsonl_files) if data.get("jsonl_files") else None,
+        world=data.world.to_dict() if data.get("world") else None,
     )
 
 

@@ -1,0 +1,82 @@
+r"""Presets of the end-to-end InstructGPT job on the synthetic instruction world.
+
+  python -m experiments.instructgpt --workdir=/tmp/igpt                  # default preset
+  python -m experiments.instructgpt --workdir=/tmp/igpt_smoke --preset=smoke
+
+"default" is the README's main job (sized for about 10 minutes on a 2-core CPU); "smoke" runs
+every stage in about 2 minutes and checks only that the pipeline and its report work. Any field
+can be overridden with --config.<field>=value.
+"""
+
+import ml_collections
+
+
+def _model(num_layers: int, num_heads: int, embed_dim: int) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(num_layers=num_layers, num_heads=num_heads, embed_dim=embed_dim, mlp_dim=4 * embed_dim)
+    )
+
+
+def get_config(preset: str = "default") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.preset = preset
+    c.seed = 0
+    c.world = ml_collections.ConfigDict(
+        dict(
+            seed=0,
+            sizes=dict(
+                pretrain=12_000,
+                pretrain_validation=256,
+                sft=3_000,
+                sft_validation=128,
+                rm=400,
+                ppo=2_000,
+                test=256,
+            ),
+        )
+    )
+    c.tokenizer_vocab = 768
+    c.max_len = 128  # tokens of prompt + response
+    c.max_prompt_len = 96
+    c.max_new_tokens = 16  # the longest gold answer is 14 tokens
+    # Two sizes; the large one has >= 4x the small one's parameters.
+    c.models = ml_collections.ConfigDict(dict(small=_model(2, 4, 64), large=_model(4, 4, 128)))
+    c.sizes = ("small", "large")
+    c.pretrain = ml_collections.ConfigDict(dict(steps=600, batch_size=32, learning_rate=3e-3))
+    c.sft = ml_collections.ConfigDict(dict(steps=200, batch_size=32, learning_rate=1e-3))
+    c.rank = ml_collections.ConfigDict(
+        dict(
+            k_min=4,
+            k_max=9,
+            temperature=1.0,  # sampling the SFT model's responses
+            agreement=0.75,  # target share of pairs two noisy labelers order alike
+            heldout_fraction=0.2,
+        )
+    )
+    c.rm = ml_collections.ConfigDict(dict(steps=150, batch_size=16, learning_rate=5e-4))
+    c.ppo = ml_collections.ConfigDict(
+        dict(
+            iterations=60,
+            batch_size=32,
+            epochs=4,
+            minibatches=4,
+            learning_rate=2e-5,
+            kl_coef=0.02,
+            ptx_coef=1.0,
+            ptx_batch_size=32,
+        )
+    )
+    c.eval = ml_collections.ConfigDict(dict(temperature=0.0, batch_size=64))
+    if preset == "smoke":
+        c.world.sizes.update(
+            pretrain=600, pretrain_validation=32, sft=200, sft_validation=32, rm=24, ppo=64, test=32
+        )
+        c.models = ml_collections.ConfigDict(dict(small=_model(1, 2, 32), large=_model(2, 2, 80)))
+        c.pretrain.update(steps=20, batch_size=16)
+        c.sft.update(steps=10, batch_size=16)
+        c.rm.update(steps=6, batch_size=4)
+        c.ppo.update(iterations=4, batch_size=16, epochs=2, minibatches=2, ptx_batch_size=16)
+        c.eval.batch_size = 32
+    elif preset != "default":
+        raise ValueError(f"Unknown preset {preset!r}; expected 'default' or 'smoke'.")
+    return c

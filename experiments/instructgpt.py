@@ -1,0 +1,446 @@
+r"""InstructGPT end to end on the synthetic instruction world, with the paper's evaluations.
+
+  python -m experiments.instructgpt --workdir=/tmp/igpt                  # the main job
+  python -m experiments.instructgpt --workdir=/tmp/igpt_smoke --preset=smoke
+  python -m experiments.instructgpt --workdir=/tmp/igpt \
+      --config=experiments/configs/instructgpt.py --config.ppo.iterations=100    # overrides
+
+Stages, each in its own folder of the workdir and each reusing a stage module:
+
+  world           the world's TFDS datasets (workdir/tfds) and a BPE tokenizer trained on them
+  pretrain_<size> base models on the pretraining corpus (experiments.sft, loss on every token)
+  sft_<size>      SFT from each base model on the demonstrations (experiments.sft)
+  rank            K = 4..9 samples of the small SFT model per prompt, ranked by a noisy labeler
+                  whose temperature gives the target inter-labeler agreement
+  rm              the reward model from the small SFT model (experiments.reward)
+  ppo, ppo_ptx    PPO and PPO-ptx from the small SFT model (experiments.ppo)
+  evaluate        every model answers the held-out prompts; the gold labeler judges
+  report          report.md, metrics.json and PNG plots in the workdir
+
+A stage whose folder holds its `summary.json` is finished and skipped when the command is rerun;
+a stage killed midway resumes from its checkpoints. Wall time per stage is printed and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from experiments import common, instructgpt_report
+from experiments import ppo as ppo_experiment
+from experiments import reward as reward_experiment
+from experiments import sft as sft_experiment
+from experiments.configs import hh_tiny
+from experiments.configs import instructgpt as presets
+from rlhf_jax.data import pipeline
+from rlhf_jax.data.tokenizer import Tokenizer, train_bpe_tokenizer
+from rlhf_jax.generation import SamplingConfig, generate_texts, make_sampler
+from rlhf_jax.models import CausalLM, hf
+from rlhf_jax.training import steps
+from rlhf_jax.training.loop import means, sum_metrics
+from rlhf_jax.world import evaluation, labeler
+from rlhf_jax.world import tasks as tasks_lib
+
+_PRESET = flags.DEFINE_enum(
+    "preset",
+    None,
+    ["default", "smoke"],
+    "Same as --config=experiments/configs/instructgpt.py:NAME.",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage configs: the stage modules' own configs with the world's data and sizes
+# ---------------------------------------------------------------------------------------------
+
+
+def world_data(
+    config, workdir: str, part: str, train: str, eval_: str
+) -> ml_collections.ConfigDict:
+    data = hh_tiny.base_config().data
+    data.update(
+        name=f"instruction_world/{part}",
+        manual_dir="",
+        data_dir=os.path.join(workdir, "tfds"),
+        skip_bad_records=False,
+        train_split=train,
+        eval_split=eval_,
+        max_len=config.max_len,
+        max_prompt_len=config.max_prompt_len,
+        max_responses=config.rank.k_max,
+        overlong="truncate",
+    )
+    data.world = ml_collections.ConfigDict(
+        dict(seed=config.world.seed, sizes=config.world.sizes.to_dict())
+    )
+    return data
+
+
+def _common(stage, config, steps_, batch_size: int, learning_rate: float) -> None:
+    stage.seed = config.seed
+    stage.optim.update(learning_rate=learning_rate, warmup_steps=max(1, steps_ // 20))
+    stage.train.update(
+        batch_size=batch_size,
+        num_steps=steps_,
+        log_every=max(1, min(10, steps_ // 5)),
+        eval_every=steps_,
+        checkpoint_every=max(1, steps_ // 2),
+        keep_checkpoints=1,
+    )
+
+
+def pretrain_config(config, workdir: str, size: str) -> ml_collections.ConfigDict:
+    c = hh_tiny.get_config("sft")
+    c.data = world_data(config, workdir, "pretrain", "train", "validation")
+    c.tokenizer.path = os.path.join(workdir, "world", "tokenizer")
+    c.model.update(init="scratch", max_len=config.max_len, dropout_rate=0.0, **config.models[size])
+    _common(
+        c, config, config.pretrain.steps, config.pretrain.batch_size, config.pretrain.learning_rate
+    )
+    return c
+
+
+def sft_config(config, workdir: str, size: str) -> ml_collections.ConfigDict:
+    c = hh_tiny.get_config("sft")
+    c.data = world_data(config, workdir, "sft", "train", "validation")
+    base = os.path.join(workdir, f"pretrain_{size}", "model")
+    c.tokenizer.path = base
+    c.model.update(init="pretrained", name_or_path=base, max_len=config.max_len, dropout_rate=0.0)
+    _common(c, config, config.sft.steps, config.sft.batch_size, config.sft.learning_rate)
+    return c
+
+
+def reward_config(config, workdir: str) -> ml_collections.ConfigDict:
+    c = hh_tiny.get_config("reward")
+    c.data = world_data(config, workdir, "sft", "train", "heldout")
+    c.data.update(name="jsonl/world_rankings", jsonl_kind="comparisons")
+    c.data.jsonl_files = ml_collections.ConfigDict(
+        {s: os.path.join(workdir, "rank", f"{s}.jsonl") for s in ("train", "heldout")}
+    )
+    c.model.update(sft_dir=os.path.join(workdir, "sft_small", "model"), dropout_rate=0.0)
+    # Normalisation: the labelers' demonstrations score mean 0, as in the paper.
+    c.reward.update(reference_name="instruction_world/sft", reference_split="train")
+    _common(c, config, config.rm.steps, config.rm.batch_size, config.rm.learning_rate)
+    return c
+
+
+def ppo_config(config, workdir: str, ptx: bool) -> ml_collections.ConfigDict:
+    c = hh_tiny.get_config("ppo")
+    c.data = world_data(config, workdir, "prompts", "ppo", "test")
+    c.model.update(
+        sft_dir=os.path.join(workdir, "sft_small", "model"),
+        reward_dir=os.path.join(workdir, "rm", "model"),
+    )
+    p = config.ppo
+    c.optim.update(learning_rate=p.learning_rate, value_learning_rate=p.learning_rate)
+    c.ppo.update(
+        epochs=p.epochs,
+        minibatches=p.minibatches,
+        ptx_coef=p.ptx_coef if ptx else 0.0,
+        ptx_batch_size=p.ptx_batch_size,
+        max_new_tokens=config.max_new_tokens,
+        kl_coef=p.kl_coef,
+        eval_batches=1,
+    )
+    c.ptx.update(name="instruction_world/pretrain", split="train", eval_split="validation")
+    _common(c, config, p.iterations, p.batch_size, p.learning_rate)
+    c.optim.warmup_steps = 1
+    c.train.log_every = max(1, min(5, p.iterations // 4))
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages that are not a stage module: the world, sample-and-rank, evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def _records(config, workdir: str, part: str, split: str) -> list[dict]:
+    data = world_data(config, workdir, part, split, split)
+    source = common.open_split(data, split)
+    return [
+        {k: pipeline.as_text(source[i][k]) for k in ("prompt", "response")}
+        for i in range(len(source))
+    ]
+
+
+def stage_world(config, workdir: str, out: str) -> dict:
+    """Builds every split of the world and trains the tokenizer on pretraining text and demos."""
+    counts = {}
+    for part, splits in (
+        ("pretrain", ("train", "validation")),
+        ("sft", ("train", "validation")),
+        ("prompts", ("rm", "ppo", "test")),
+    ):
+        for split in splits:
+            data = world_data(config, workdir, part, split, split)
+            counts[f"{part}/{split}"] = len(common.open_split(data, split))
+    texts = [r["prompt"] + r["response"] for r in _records(config, workdir, "pretrain", "train")]
+    texts += [r["prompt"] + r["response"] for r in _records(config, workdir, "sft", "train")]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=config.tokenizer_vocab)
+    if common.is_chief():
+        tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
+    return {"records": counts, "vocab_size": tokenizer.vocab_size}
+
+
+def _sampler_for(model_dir: str, temperature: float, max_new_tokens: int):
+    model_config, params = hf.load_pretrained(model_dir, dropout_rate=0.0)
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    sampling = SamplingConfig(
+        max_new_tokens,
+        temperature=temperature,
+        eos_ids=(tokenizer.eos_id,),
+        pad_id=tokenizer.pad_id,
+    )
+    return make_sampler(CausalLM(model_config), sampling), params, tokenizer, model_config
+
+
+def stage_rank(config, workdir: str, out: str) -> dict:
+    """K samples of the small SFT model per rm prompt, de-duplicated, ranked by a noisy labeler.
+
+    Writes rank/{train,heldout}.jsonl ({prompt, responses, ranking}); returns the labeler
+    temperature, the two-labeler agreement on held-out pairs and the gold ordering's accuracy
+    against the labeler (what a perfect reward model would score).
+    """
+    rng = np.random.default_rng([config.seed, 7])
+    prompts = [r["prompt"] for r in _records(config, workdir, "prompts", "rm")]
+    sampler, params, tokenizer, _ = _sampler_for(
+        os.path.join(workdir, "sft_small", "model"), config.rank.temperature, config.max_new_tokens
+    )
+    ks = rng.integers(config.rank.k_min, config.rank.k_max + 1, size=len(prompts))
+    flat = [p for p, k in zip(prompts, ks, strict=True) for _ in range(k)]
+    texts = generate_texts(
+        sampler,
+        params,
+        tokenizer,
+        flat,
+        batch_size=config.eval.batch_size,
+        max_prompt_len=config.max_prompt_len,
+        rng=jax.random.key(config.seed),
+    )
+    kept_prompts, kept_responses, single = [], [], 0
+    start = 0
+    for prompt, k in zip(prompts, ks, strict=True):
+        unique = list(dict.fromkeys(t.strip() for t in texts[start : start + k] if t.strip()))
+        start += k
+        if len(unique) < 2:
+            single += 1  # fewer than 2 distinct non-empty samples: nothing to rank
+            continue
+        kept_prompts.append(prompt)
+        kept_responses.append([" " + u for u in unique])
+    if len(kept_prompts) < 4:
+        raise ValueError(f"Only {len(kept_prompts)} rm prompts had >= 2 distinct samples.")
+    gaps = evaluation.pair_gaps(kept_prompts, kept_responses)
+    try:
+        temperature, reachable = labeler.calibrate_temperature(gaps, config.rank.agreement), True
+    except ValueError as e:  # too many tied pairs (e.g. a weak SFT model): least noisy labeler
+        logging.warning("%s Using the lowest temperature, 1e-3.", e)
+        temperature, reachable = 1e-3, False
+    records = [
+        evaluation.rank_responses(p, r, temperature, rng)
+        for p, r in zip(kept_prompts, kept_responses, strict=True)
+    ]
+    n_heldout = max(2, int(round(config.rank.heldout_fraction * len(records))))
+    heldout_totals = [
+        [labeler.gold_score(p, x) for x in r]
+        for p, r in zip(kept_prompts[-n_heldout:], kept_responses[-n_heldout:], strict=True)
+    ]
+    agreement = labeler.measured_agreement(heldout_totals, temperature, rng)
+    gold_accuracy = _gold_order_accuracy(records[-n_heldout:], heldout_totals)
+    if common.is_chief():
+        for name, rows in (("train", records[:-n_heldout]), ("heldout", records[-n_heldout:])):
+            with open(os.path.join(out, f"{name}.jsonl"), "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+    sizes = [len(r) for r in kept_responses]
+    return {
+        "prompts": len(prompts),
+        "ranked_prompts": len(records),
+        "prompts_with_under_2_distinct_samples": single,
+        "heldout_prompts": n_heldout,
+        "mean_k": float(np.mean(sizes)),
+        "pairs": int(sum(k * (k - 1) // 2 for k in sizes)),
+        "labeler_temperature": temperature,
+        "agreement_target": config.rank.agreement,
+        "agreement_target_reachable": reachable,
+        "expected_labeler_agreement": labeler.expected_agreement(gaps, temperature),
+        "heldout_labeler_agreement": agreement,
+        "heldout_gold_order_accuracy": gold_accuracy,
+    }
+
+
+def _gold_order_accuracy(records: list[dict], totals: list[list[float]]) -> float:
+    """Share of labelled pairs whose order the gold score agrees with (ties count half)."""
+    hits = pairs = 0.0
+    for record, row in zip(records, totals, strict=True):
+        rank = record["ranking"]
+        for i in range(len(rank)):
+            for j in range(len(rank)):
+                if rank[i] < rank[j]:  # the labeler put i above j
+                    pairs += 1
+                    hits += 1.0 if row[i] > row[j] else 0.5 if row[i] == row[j] else 0.0
+    return hits / max(pairs, 1.0)
+
+
+def few_shot_prompt(prompt: str, rng: np.random.Generator) -> str:
+    """`prompt` with two solved tasks of its family in front (unchanged if already few-shot)."""
+    if prompt.count(tasks_lib.ANSWER_CUE) > 1:
+        return prompt
+    family = tasks_lib.parse_task(prompt).family
+    shots = [tasks_lib.make_task(family, rng) for _ in range(2)]
+    return "".join(f"{s.instruction}{tasks_lib.ANSWER_CUE} {s.answer}\n\n" for s in shots) + prompt
+
+
+def _pretrain_nll(config, workdir: str, model_dir: str) -> float:
+    """Mean NLL (nats/token, every token) of the pretraining validation split."""
+    model_config, params = hf.load_pretrained(model_dir, dropout_rate=0.0)
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    data = world_data(config, workdir, "pretrain", "validation", "validation")
+    batches = common.eval_batches(
+        common.open_split(data, "validation"),
+        pipeline.TokenizeDemonstration(tokenizer, common.sequence_spec(data), loss_on_prompt=True),
+        config.eval.batch_size,
+        config.seed,
+    )
+    eval_step = jax.jit(steps.make_eval_step(steps.sft_forward(CausalLM(model_config))))
+    totals = None
+    for batch in batches:
+        batch = {k: v for k, v in batch.items() if k.endswith("_bt")}
+        totals = sum_metrics(totals, eval_step(params, batch))
+    return means(totals)["nll"]
+
+
+def evaluated_models(config) -> list[tuple[str, str, bool]]:
+    """(name, stage folder, few-shot prompts) of every model the report compares."""
+    models = []
+    for size in config.sizes:
+        models += [
+            (f"base_{size}_zero_shot", f"pretrain_{size}", False),
+            (f"base_{size}_few_shot", f"pretrain_{size}", True),
+            (f"sft_{size}", f"sft_{size}", False),
+        ]
+    return models + [("ppo_small", "ppo", False), ("ppo_ptx_small", "ppo_ptx", False)]
+
+
+def stage_evaluate(config, workdir: str, out: str) -> dict:
+    """Every model answers the held-out prompts (same decoding); the gold labeler judges."""
+    prompts = [r["prompt"] for r in _records(config, workdir, "prompts", "test")]
+    responses, scores = {}, {}
+    for name, stage, few_shot in evaluated_models(config):
+        model_dir = os.path.join(workdir, stage, "model")
+        shot_rng = np.random.default_rng([config.seed, 11])
+        asked = [few_shot_prompt(p, shot_rng) for p in prompts] if few_shot else prompts
+        sampler, params, tokenizer, _ = _sampler_for(
+            model_dir, config.eval.temperature, config.max_new_tokens
+        )
+        responses[name] = generate_texts(
+            sampler,
+            params,
+            tokenizer,
+            asked,
+            batch_size=config.eval.batch_size,
+            max_prompt_len=config.max_prompt_len,
+            rng=jax.random.key(config.seed + 1),
+        )
+        scores[name] = evaluation.judge(prompts, responses[name])
+    baseline = scores["sft_small"]
+    metrics = {
+        name: evaluation.model_metrics(s, baseline, seed=config.seed) for name, s in scores.items()
+    }
+    for name, stage, few_shot in evaluated_models(config):
+        if not few_shot:
+            metrics[name]["pretrain_nll"] = _pretrain_nll(
+                config, workdir, os.path.join(workdir, stage, "model")
+            )
+    if common.is_chief():
+        with open(os.path.join(out, "responses.jsonl"), "w") as f:
+            for i, prompt in enumerate(prompts):
+                row = {"prompt": prompt}
+                for name in responses:
+                    row[name] = {"response": responses[name][i], "gold": scores[name][i].total}
+                f.write(json.dumps(row) + "\n")
+    return {"prompts": len(prompts), "baseline": "sft_small", "models": metrics}
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------
+
+
+def stages(config, workdir: str) -> list[tuple[str, object]]:
+    """(name, `fn(out_dir) -> summary`) in order."""
+    items = [("world", lambda out: stage_world(config, workdir, out))]
+    for size in config.sizes:
+        items.append(
+            (
+                f"pretrain_{size}",
+                lambda out, s=size: sft_experiment.run(pretrain_config(config, workdir, s), out),
+            )
+        )
+    for size in config.sizes:
+        items.append(
+            (
+                f"sft_{size}",
+                lambda out, s=size: sft_experiment.run(sft_config(config, workdir, s), out),
+            )
+        )
+    items += [
+        ("rank", lambda out: stage_rank(config, workdir, out)),
+        ("rm", lambda out: reward_experiment.run(reward_config(config, workdir), out)),
+        ("ppo", lambda out: ppo_experiment.run(ppo_config(config, workdir, False), out)),
+        ("ppo_ptx", lambda out: ppo_experiment.run(ppo_config(config, workdir, True), out)),
+        ("evaluate", lambda out: stage_evaluate(config, workdir, out)),
+    ]
+    return items
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs (or finishes) every stage and writes the report; returns the report's metrics."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    common.write_config(config, workdir)
+    summaries, seconds = {}, {}
+    for name, fn in stages(config, workdir):
+        out = os.path.join(workdir, name)
+        path = os.path.join(out, "summary.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                finished = json.load(f)
+            if not finished.get("preempted"):
+                summaries[name], seconds[name] = finished, finished.get("wall_s")
+                print(f"[instructgpt] {name}: finished earlier, skipped.", flush=True)
+                continue
+        os.makedirs(out, exist_ok=True)
+        print(f"[instructgpt] {name} ...", flush=True)
+        start = time.perf_counter()
+        summary = dict(fn(out))
+        if summary.get("preempted"):
+            raise SystemExit(f"[instructgpt] {name} was stopped; rerun the command to resume.")
+        summary["wall_s"] = seconds[name] = time.perf_counter() - start
+        summaries[name] = summary
+        if common.is_chief():
+            with open(path, "w") as f:
+                json.dump(summary, f, indent=2)
+        print(f"[instructgpt] {name}: {seconds[name]:.1f} s", flush=True)
+    report = instructgpt_report.write_report(config, workdir, summaries, seconds)
+    print(json.dumps(report["headline"]), flush=True)
+    return report
+
+
+def main(argv):
+    del argv
+    common.setup_process()
+    if common.CONFIG.value is not None and _PRESET.value:
+        raise app.UsageError("Give --preset or --config, not both.")
+    config = common.CONFIG.value or presets.get_config(_PRESET.value or "default")
+    logging.set_verbosity(logging.WARNING)
+    run(config, common.WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)

@@ -1,0 +1,227 @@
+"""report.md, metrics.json and PNG plots of an `experiments.instructgpt` run.
+
+Every figure comes from the stage summaries and metric files of the run; the acceptance lines of
+the main job are checked and printed as they came out, met or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from rlhf_jax.training.metrics_writer import read_metrics
+
+NICE = {
+    "base_small_zero_shot": "base (zero-shot)",
+    "base_small_few_shot": "base (few-shot)",
+    "sft_small": "SFT",
+    "ppo_small": "PPO",
+    "ppo_ptx_small": "PPO-ptx",
+    "base_large_zero_shot": "large base (zero-shot)",
+    "base_large_few_shot": "large base (few-shot)",
+    "sft_large": "large SFT",
+}
+
+
+def _pct(x: dict | None) -> str:
+    if not x:
+        return "n/a"
+    return f"{100 * x['rate']:.1f}% [{100 * x['low']:.1f}, {100 * x['high']:.1f}] (n={x['n']})"
+
+
+def _plot_win_rates(models: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in models if n != "sft_small"]
+    rates = np.array([models[n]["win_rate_vs_baseline"]["rate"] for n in names])
+    low = np.array([models[n]["win_rate_vs_baseline"]["low"] for n in names])
+    high = np.array([models[n]["win_rate_vs_baseline"]["high"] for n in names])
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(range(len(names)), 100 * rates, yerr=100 * np.stack([rates - low, high - rates]))
+    ax.axhline(50, color="gray", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(names)), [NICE.get(n, n) for n in names], rotation=25, ha="right")
+    ax.set_ylabel("gold win rate vs small SFT (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Held-out prompts, gold labeler (95% bootstrap intervals)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_ppo_curves(workdir: str, path: str) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = (
+        ("train/rollout/score", "RM score"),
+        ("train/rollout/kl", "KL to SFT (nats/response)"),
+        ("train/rollout/response_length", "response length (tokens)"),
+        ("train/ptx/nll", "ptx NLL"),
+    )
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
+    curves = {}
+    for run in ("ppo", "ppo_ptx"):
+        file = os.path.join(workdir, run, "metrics.jsonl")
+        if not os.path.exists(file):
+            continue
+        rows = read_metrics(file)
+        for ax, (key, title) in zip(axes, keys, strict=True):
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                x, y = zip(*points, strict=True)
+                ax.plot(x, y, label=NICE[f"{run}_small"])
+                curves.setdefault(run, {})[key] = {"first": y[0], "last": y[-1]}
+            ax.set_title(title)
+            ax.set_xlabel("PPO iteration")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return curves
+
+
+def _compare(a: dict, b: dict) -> str:
+    """Whether model a's win rate beats b's, from their 95% intervals."""
+    ra, rb = a["win_rate_vs_baseline"], b["win_rate_vs_baseline"]
+    if ra["low"] > rb["high"]:
+        return "beats"
+    if ra["high"] < rb["low"]:
+        return "is beaten by"
+    return "is not distinguishable at 95% from"
+
+
+def write_report(config, workdir: str, summaries: dict, seconds: dict) -> dict:
+    """Writes workdir/report.md, workdir/metrics.json, win_rates.png and ppo_curves.png."""
+    models = summaries["evaluate"]["models"]
+    rank, rm = summaries["rank"], summaries["rm"]
+    win = {n: m["win_rate_vs_baseline"]["rate"] for n, m in models.items()}
+    nll = {n: m.get("pretrain_nll") for n, m in models.items()}
+    tax_ppo = nll["ppo_small"] - nll["sft_small"]
+    tax_ptx = nll["ppo_ptx_small"] - nll["sft_small"]
+    rm_accuracy = rm["heldout_pairwise_accuracy"]
+    ceiling = rank["heldout_labeler_agreement"]
+    checks = {
+        "ppo_win_rate_at_least_65": win["ppo_small"] >= 0.65,
+        "ppo_ptx_win_rate_at_least_60": win["ppo_ptx_small"] >= 0.60,
+        "base_zero_shot_win_rate_at_most_35": win["base_small_zero_shot"] <= 0.35,
+        "rm_accuracy_within_10_points_of_agreement": abs(rm_accuracy - ceiling) <= 0.10,
+        "ptx_pretrain_nll_rise_smaller_than_ppo": tax_ptx < tax_ppo,
+    }
+    _plot_win_rates(models, os.path.join(workdir, "win_rates.png"))
+    curves = _plot_ppo_curves(workdir, os.path.join(workdir, "ppo_curves.png"))
+    statements = []
+    if "sft_large" in models:
+        for other in ("base_large_zero_shot", "base_large_few_shot", "sft_large"):
+            verdict = _compare(models["ppo_small"], models[other])
+            statements.append(f"The small PPO model {verdict} the {NICE[other]} model.")
+    headline = {
+        "preset": config.preset,
+        "win_rate_vs_sft": win,
+        "rm_heldout_accuracy": rm_accuracy,
+        "labeler_agreement": ceiling,
+        "pretrain_nll_rise": {"ppo": tax_ppo, "ppo_ptx": tax_ptx},
+        "checks": checks,
+        "total_wall_s": float(sum(s for s in seconds.values() if s)),
+    }
+    metrics = {
+        "headline": headline,
+        "stages_wall_s": seconds,
+        "models": models,
+        "rank": rank,
+        "rm": {k: v for k, v in rm.items() if k.startswith(("heldout", "eval", "train"))},
+        "ppo": {k: summaries[k] for k in ("ppo", "ppo_ptx")},
+        "ppo_curves": curves,
+        "statements": statements,
+    }
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write(_markdown(config, workdir, metrics))
+    return metrics
+
+
+def _markdown(config, workdir: str, m: dict) -> str:
+    h, models, rank = m["headline"], m["models"], m["rank"]
+    lines = [
+        f"# InstructGPT on the instruction world ({h['preset']} preset)\n",
+        f"{next(iter(models.values()))['n']} held-out prompts, "
+        + (
+            "greedy decoding"
+            if config.eval.temperature == 0
+            else f"sampling at temperature {config.eval.temperature}"
+        )
+        + ", judged by the gold labeler. Intervals are 95% (bootstrap over prompts for win rates, "
+        "Wilson for rates).\n",
+        "## Win rate against the small SFT model (Figure 1 analogue)\n",
+        "![win rates](win_rates.png)\n",
+        "| model | win rate vs SFT | exact answers | hallucination (closed-domain) "
+        "| refusal (harmful) | hurtful (harmful) | refusal (harmless) | pretraining NLL |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, x in models.items():
+        nll = x.get("pretrain_nll")
+        lines.append(
+            f"| {NICE.get(name, name)} | {_pct(x['win_rate_vs_baseline'])} | {_pct(x['correct'])} "
+            f"| {_pct(x['hallucination'])} | {_pct(x['refusal_on_harmful'])} "
+            f"| {_pct(x['hurtful_on_harmful'])} | {_pct(x['refusal_on_harmless'])} "
+            f"| {'n/a' if nll is None else f'{nll:.3f}'} |"
+        )
+    lines += [""] + m["statements"] + [""]
+    lines += [
+        "## Reward model\n",
+        f"- Rankings: {rank['ranked_prompts']} prompts, mean K = {rank['mean_k']:.1f} distinct "
+        f"samples, {rank['pairs']} pairs ({rank['prompts_with_under_2_distinct_samples']} prompts "
+        "skipped: fewer than 2 distinct non-empty samples).",
+        f"- Noisy labelers: temperature {rank['labeler_temperature']:.3f}; two labelers agree on "
+        f"**{100 * rank['heldout_labeler_agreement']:.1f}%** of held-out pairs (expected "
+        f"{100 * rank['expected_labeler_agreement']:.1f}% over all pairs).",
+        f"- RM held-out accuracy against the labeler: **{100 * h['rm_heldout_accuracy']:.1f}%** "
+        f"(the gold ordering itself scores {100 * rank['heldout_gold_order_accuracy']:.1f}%).",
+        "",
+        "## The alignment tax (pretraining-data NLL, nats/token)\n",
+        f"- SFT {models['sft_small']['pretrain_nll']:.3f}, PPO "
+        f"{models['ppo_small']['pretrain_nll']:.3f} ({h['pretrain_nll_rise']['ppo']:+.3f}), "
+        f"PPO-ptx {models['ppo_ptx_small']['pretrain_nll']:.3f} "
+        f"({h['pretrain_nll_rise']['ppo_ptx']:+.3f}).",
+        "",
+        "## PPO training\n",
+        "![ppo curves](ppo_curves.png)\n",
+        "## Acceptance checks (as measured; not tuned)\n",
+    ]
+    lines += [f"- {k}: {'met' if v else '**not met**'}" for k, v in h["checks"].items()]
+    lines += ["", "## Wall time per stage\n", "| stage | seconds |", "| --- | --- |"]
+    lines += [
+        f"| {k} | {'n/a' if v is None else f'{v:.1f}'} |" for k, v in m["stages_wall_s"].items()
+    ]
+    lines += [f"| total | {h['total_wall_s']:.1f} |", "", "## Sample responses\n"]
+    lines += _samples(workdir)
+    return "\n".join(lines) + "\n"
+
+
+def _samples(workdir: str, per_family: int = 1) -> list[str]:
+    path = os.path.join(workdir, "evaluate", "responses.jsonl")
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    from rlhf_jax.world import tasks
+
+    cell = lambda text: text.replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| prompt | SFT | PPO | PPO-ptx |", "| --- | --- | --- | --- |"]
+    seen: dict[str, int] = {}
+    for row in rows:
+        family = tasks.parse_task(row["prompt"]).family
+        if seen.get(family, 0) >= per_family:
+            continue
+        seen[family] = seen.get(family, 0) + 1
+        answers = [
+            f"{cell(row[n]['response'])} ({row[n]['gold']:+.2f})"
+            for n in ("sft_small", "ppo_small", "ppo_ptx_small")
+        ]
+        lines.append(f"| {cell(row['prompt'][-160:])} | " + " | ".join(answers) + " |")
+    return lines

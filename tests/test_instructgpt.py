@@ -1,0 +1,109 @@
+"""The end-to-end job's smoke preset in a subprocess: every stage runs, the report, its plots and
+its metrics JSON are produced and well-formed, and a rerun skips the finished stages. The smoke
+models are far too small to be good; nothing here asserts that they are."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import instructgpt
+from experiments.configs import instructgpt as presets
+from rlhf_jax.world import tasks
+
+from .test_checkpoint_resume import REPO, subprocess_env
+
+STAGES = [
+    "world",
+    "pretrain_small",
+    "pretrain_large",
+    "sft_small",
+    "sft_large",
+    "rank",
+    "rm",
+    "ppo",
+    "ppo_ptx",
+    "evaluate",
+]
+
+
+def test_presets_keep_the_larger_model_at_least_4x_the_smaller():
+    from rlhf_jax.models import CausalLM, TransformerConfig
+    from rlhf_jax.training import state as state_lib
+
+    for preset in ("default", "smoke"):
+        config = presets.get_config(preset)
+        counts = {}
+        for size in ("small", "large"):
+            model_config = TransformerConfig.gpt2(
+                vocab_size=config.tokenizer_vocab, max_len=config.max_len, **config.models[size]
+            )
+            params, _ = state_lib.init_variables(CausalLM(model_config), 8, seed=0)
+            counts[size] = sum(x.size for x in jax.tree.leaves(params))
+        assert counts["large"] >= 4 * counts["small"], (preset, counts)
+    with pytest.raises(ValueError, match="Unknown preset"):
+        presets.get_config("huge")
+
+
+def test_few_shot_prompts_add_two_solved_tasks_of_the_same_family():
+    rng = np.random.default_rng(0)
+    prompt = "User: Hi! What is 3 plus 4? Thanks!\nAnswer:"
+    shot = instructgpt.few_shot_prompt(prompt, rng)
+    assert shot.endswith(prompt) and shot.count(tasks.ANSWER_CUE) == 3
+    assert tasks.parse_task(shot) == tasks.parse_task(prompt)
+    assert instructgpt.few_shot_prompt(shot, rng) == shot  # already few-shot
+
+
+@pytest.mark.slow
+def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(tmp_path):
+    workdir = tmp_path / "igpt"
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.instructgpt",
+        f"--workdir={workdir}",
+        "--preset=smoke",
+    ]
+    env = subprocess_env()
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert list(metrics["stages_wall_s"]) == STAGES
+    assert all(s > 0 for s in metrics["stages_wall_s"].values())
+    names = [name for name, _, _ in instructgpt.evaluated_models(presets.get_config("smoke"))]
+    assert sorted(metrics["models"]) == sorted(names)
+    for name, m in metrics["models"].items():
+        win = m["win_rate_vs_baseline"]
+        assert 0 <= win["low"] <= win["rate"] <= win["high"] <= 1, name
+        assert m["n"] == 32 and 0 <= m["correct"]["rate"] <= 1
+        for rate in ("hallucination", "refusal_on_harmful", "hurtful_on_harmful"):
+            assert m[rate] is None or 0 <= m[rate]["rate"] <= 1
+    assert metrics["models"]["sft_small"]["win_rate_vs_baseline"]["rate"] == 0.5  # vs itself
+    for name in ("sft_small", "ppo_small", "ppo_ptx_small"):
+        assert np.isfinite(metrics["models"][name]["pretrain_nll"])
+    headline = metrics["headline"]
+    assert set(headline["checks"]) == {
+        "ppo_win_rate_at_least_65",
+        "ppo_ptx_win_rate_at_least_60",
+        "base_zero_shot_win_rate_at_most_35",
+        "rm_accuracy_within_10_points_of_agreement",
+        "ptx_pretrain_nll_rise_smaller_than_ppo",
+    }
+    assert 0.5 <= metrics["rank"]["heldout_labeler_agreement"] <= 1
+    assert len(metrics["statements"]) == 3
+
+    report = (workdir / "report.md").read_text()
+    for heading in ("Win rate against", "Reward model", "alignment tax", "Wall time per stage"):
+        assert heading in report, heading
+    assert "| PPO-ptx |" in report and report.count("\n| ") > 20
+    for png in ("win_rates.png", "ppo_curves.png"):
+        with Image.open(workdir / png) as image:
+            assert image.size[0] > 300 and image.size[1] > 100
+
+    rerun = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    assert rerun.stdout.count("finished earlier, skipped") == len(STAGES)
+    assert json.loads((workdir / "metrics.json").read_text())["models"] == metrics["models"]
