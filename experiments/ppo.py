@@ -217,7 +217,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     update = ppo.make_ppo_update(policy, value, policy_tx, value_tx, ppo_config)
     update_fn = ppo.jit_ppo_update(update, mesh, state_sh)
-    step = ppo.make_iteration(rollout_fn, update_fn, reference, reward)
+    step = ppo.make_iteration(rollout_fn, update_fn, reference, reward, timed=True)
 
     train_iter = iter(_datasets(config, tokenizer, prompt_source, ptx_source).to_iter_dataset())
     state, checkpointer, writer, _ = common.resume_or_start(

@@ -15,11 +15,13 @@ one function away.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh
@@ -419,7 +421,12 @@ def make_ppo_update(
 
 
 def make_iteration(
-    rollout_fn: Callable, update_fn: Callable, reference_params: Any, reward_params: Any
+    rollout_fn: Callable,
+    update_fn: Callable,
+    reference_params: Any,
+    reward_params: Any,
+    *,
+    timed: bool = False,
 ) -> Callable:
     """One PPO iteration as a train step, `step(state, batch, rng) -> (state, metrics)`: the jitted
     rollout (`rollout.make_rollout`) then the jitted update (`make_ppo_update` +
@@ -432,6 +439,8 @@ def make_iteration(
     The batch holds `tokens_bp` / `mask_bp` (left-padded prompts) and, for PPO-ptx,
     `ptx_tokens_bt` / `ptx_mask_bt` / `ptx_loss_mask_bt`. Metrics are the update's, without the
     per-minibatch arrays (see `make_ppo_update`), so `training.loop.train_loop` can run PPO.
+    With `timed`, the host waits for each call to finish (no data is read) and adds
+    "time/rollout_s" and "time/update_s" (wall seconds of each call, dispatch included).
     """
     from rlhf_jax.rollout import RolloutParams
 
@@ -443,9 +452,13 @@ def make_iteration(
             value=state.value.params,
             reward=reward_params,
         )
+        start = time.perf_counter()
         experience = rollout_fn(
             params, batch["tokens_bp"], batch["mask_bp"], state.kl_coef, rollout_rng
         )
+        if timed:
+            jax.block_until_ready(experience)
+            rollout_s, start = time.perf_counter() - start, time.perf_counter()
         ptx = None
         if "ptx_tokens_bt" in batch:
             ptx = {
@@ -455,6 +468,10 @@ def make_iteration(
             }
         state, metrics = update_fn(state, experience, ptx, update_rng)
         metrics = {k: v for k, v in metrics.items() if k != "per_minibatch"}
+        if timed:
+            jax.block_until_ready(state)
+            metrics["time/rollout_s"] = (np.float64(rollout_s), np.float64(1.0))
+            metrics["time/update_s"] = (np.float64(time.perf_counter() - start), np.float64(1.0))
         return state, metrics
 
     return step

@@ -299,7 +299,8 @@ def test_rollout_and_update_compile_once_and_move_no_data_implicitly():
     state, rollout_fn, update_fn = make_iteration(models, config, ptx_coef=0.5, params=params)
     # Inputs are placed explicitly once; everything after that stays on device.
     reference, reward = jax.device_put((params.reference, params.reward))
-    iteration = ppo.make_iteration(rollout_fn, update_fn, reference, reward)
+    # Timing the two calls waits for them but reads nothing back.
+    iteration = ppo.make_iteration(rollout_fn, update_fn, reference, reward, timed=True)
     batch = jax.device_put(iteration_batch(*prompts(), ptx_batch()))
     history = []
     with jax.transfer_guard("disallow"):
@@ -309,6 +310,7 @@ def test_rollout_and_update_compile_once_and_move_no_data_implicitly():
     assert rollout_fn._cache_size() == 1 and update_fn._cache_size() == 1
     assert int(state.step) == 3 and int(state.policy.step) == 3 * 4 * 2
     assert len(history) == 3
+    assert metrics["time/rollout_s"][0] > 0 and metrics["time/update_s"][0] > 0
 
 
 def test_ppo_iteration_sharded_equals_single_device():

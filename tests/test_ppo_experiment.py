@@ -110,6 +110,9 @@ def test_ppo_experiment_runs_and_resumes_after_sigkill(tmp_path):
         "train/value/value_error",
         "train/ptx/nll",
         "train/generated_tokens_per_s",
+        "train/rollout_tokens_per_s",
+        "train/time/rollout_s",
+        "train/time/update_s",
     ):
         assert key in train_keys, key
     samples = (straight / "samples.md").read_text()

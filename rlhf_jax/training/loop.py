@@ -138,6 +138,10 @@ def train_loop(
                     last_train["generated_tokens_per_s"] = totals["generated_tokens"][0] / max(
                         elapsed, 1e-9
                     )
+                if "generated_tokens" in totals and "time/rollout_s" in totals:
+                    last_train["rollout_tokens_per_s"] = totals["generated_tokens"][0] / max(
+                        totals["time/rollout_s"][0], 1e-9
+                    )
                 for count_name in ("truncated", "skipped", "nonfinite"):  # counts, not means
                     last_train[count_name] = totals[count_name][0]
                 writer.write(done, last_train, prefix="train/")
