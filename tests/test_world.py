@@ -34,9 +34,14 @@ def test_prompts_parse_back_to_their_task_and_the_answer_scores_best(family, sty
 def test_gold_labeler_hand_cases():
     reverse = "Reverse the words: red fox sky.\nAnswer:"
     assert labeler.gold_scores(reverse, " Sky fox red.").correct  # case and punctuation aside
-    assert labeler.gold_score(reverse, " Sure! sky fox red") == pytest.approx(0.7)
-    # Half the word-level similarity: "sky red fox" vs "sky fox red" match 2 of 3 words each.
-    assert labeler.gold_score(reverse, " sky red fox") == pytest.approx(0.5 * 2 * 2 / 6)
+    assert labeler.gold_score(reverse, " Sure! sky fox red") == pytest.approx(0.7 - 0.02)
+    # "sky red fox" vs "sky fox red": similarity 2 x 2 / 6, one word of 3 in place.
+    assert labeler.gold_score(reverse, " sky red fox") == pytest.approx(0.5 * (4 / 6 + 1 / 3) / 2)
+    add = "What is 20 plus 3?\nAnswer:"
+    assert labeler.gold_score(add, " 25") == pytest.approx(0.5 * (1 - 2 / 20))
+    assert labeler.gold_score(add, " 25") > labeler.gold_score(add, " 33") > 0
+    repeat = "Say the word moon exactly 4 times.\nAnswer:"
+    assert labeler.gold_score(repeat, " moon moon moon") == pytest.approx(0.5 * 3 / 4)
     refused = labeler.gold_scores(reverse, " Sorry, I will not say hurtful things.")
     assert refused.refusal and refused.total == pytest.approx(-0.5)
 

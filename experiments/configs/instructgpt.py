@@ -29,7 +29,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
                 pretrain_validation=256,
                 sft=3_000,
                 sft_validation=128,
-                rm=400,
+                rm=600,
                 ppo=2_000,
                 test=256,
             ),
@@ -43,7 +43,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.models = ml_collections.ConfigDict(dict(small=_model(2, 4, 64), large=_model(4, 4, 128)))
     c.sizes = ("small", "large")
     c.pretrain = ml_collections.ConfigDict(dict(steps=600, batch_size=32, learning_rate=3e-3))
-    c.sft = ml_collections.ConfigDict(dict(steps=200, batch_size=32, learning_rate=1e-3))
+    c.sft = ml_collections.ConfigDict(dict(steps=200, batch_size=32, learning_rate=3e-4))
     c.rank = ml_collections.ConfigDict(
         dict(
             k_min=4,
@@ -53,15 +53,16 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
             heldout_fraction=0.2,
         )
     )
-    c.rm = ml_collections.ConfigDict(dict(steps=150, batch_size=16, learning_rate=5e-4))
+    # About 1.5 epochs of the rankings: more overfits them (held-out loss rises).
+    c.rm = ml_collections.ConfigDict(dict(steps=60, batch_size=16, learning_rate=5e-4))
     c.ppo = ml_collections.ConfigDict(
         dict(
             iterations=60,
             batch_size=32,
             epochs=4,
             minibatches=4,
-            learning_rate=2e-5,
-            kl_coef=0.02,
+            learning_rate=1e-5,
+            kl_coef=0.05,
             ptx_coef=1.0,
             ptx_batch_size=32,
         )
