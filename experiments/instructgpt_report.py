@@ -225,3 +225,29 @@ def _samples(workdir: str, per_family: int = 1) -> list[str]:
         ]
         lines.append(f"| {cell(row['prompt'][-160:])} | " + " | ".join(answers) + " |")
     return lines
+
+
+def summary_table(metrics: dict) -> str:
+    """The README's table: each model's win rate against SFT and its rates, from metrics.json."""
+    lines = [
+        "| model | win rate vs small SFT | exact answers | hallucination | refusal (harmful) "
+        "| refusal (harmless) | pretraining NLL |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, x in metrics["models"].items():
+        nll = x.get("pretrain_nll")
+        lines.append(
+            f"| {NICE.get(name, name)} | {_pct(x['win_rate_vs_baseline'])} | "
+            f"{100 * x['correct']['rate']:.1f}% | {100 * x['hallucination']['rate']:.1f}% | "
+            f"{100 * x['refusal_on_harmful']['rate']:.1f}% | "
+            f"{100 * x['refusal_on_harmless']['rate']:.1f}% | "
+            f"{'n/a' if nll is None else f'{nll:.3f}'} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    with open(sys.argv[1] if len(sys.argv) > 1 else "metrics.json") as f:
+        print(summary_table(json.load(f)))
