@@ -76,7 +76,8 @@ def _plot_ppo_curves(workdir: str, path: str) -> dict:
             points = [(r["step"], r[key]) for r in rows if key in r]
             if points:
                 x, y = zip(*points, strict=True)
-                ax.plot(x, y, label=NICE[f"{run}_small"])
+                # Fixed colours: a panel may hold only one of the runs (ptx NLL).
+                ax.plot(x, y, label=NICE[f"{run}_small"], color="C0" if run == "ppo" else "C1")
                 curves.setdefault(run, {})[key] = {"first": y[0], "last": y[-1]}
             ax.set_title(title)
             ax.set_xlabel("PPO iteration")
