@@ -38,7 +38,8 @@ from typing import Any
 
 from absl import app, flags
 
-_PRESET = flags.DEFINE_enum("preset", "design", ["design", "tiny"], "Workload sizes.")
+from experiments import common
+
 _WORKLOADS = flags.DEFINE_list("workloads", ["c", "d", "e"], "Workloads to run (of c, d, e).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs after one warm-up run (median reported).")
 _THREADS = flags.DEFINE_integer("threads", 2, "PyTorch intra-op threads (the machine's cores).")
@@ -565,6 +566,10 @@ def run_workloads(names: list[str], preset_name: str, repeats: int, threads: int
         import torch
 
         torch.set_num_threads(threads)
+    if preset_name not in PRESETS:
+        raise ValueError(
+            f"Unknown benchmark preset {preset_name!r}; expected one of {list(PRESETS)}."
+        )
     preset = PRESETS[preset_name]
     peak = matmul_flops_per_s()
     for name in names:
@@ -631,7 +636,11 @@ def main(argv):
         return
     results = []
     for result in run_workloads(
-        _WORKLOADS.value, _PRESET.value, _REPEATS.value, _THREADS.value, _TORCH.value
+        _WORKLOADS.value,
+        common.PRESET.value or "design",
+        _REPEATS.value,
+        _THREADS.value,
+        _TORCH.value,
     ):
         print(json.dumps(result, sort_keys=True), flush=True)
         results.append(result)

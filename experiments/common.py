@@ -40,6 +40,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # together, e.g. by tests and by experiments.instructgpt).
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
+PRESET = flags.DEFINE_string(
+    "preset",
+    None,
+    "A named preset of the module run (experiments.benchmark: design | tiny; "
+    "experiments.instructgpt: default | smoke).",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,

@@ -47,14 +47,6 @@ from rlhf_jax.training.loop import means, sum_metrics
 from rlhf_jax.world import evaluation, labeler
 from rlhf_jax.world import tasks as tasks_lib
 
-_PRESET = flags.DEFINE_enum(
-    "preset",
-    None,
-    ["default", "smoke"],
-    "Same as --config=experiments/configs/instructgpt.py:NAME.",
-)
-
-
 # ---------------------------------------------------------------------------------------------
 # Stage configs: the stage modules' own configs with the world's data and sizes
 # ---------------------------------------------------------------------------------------------
@@ -434,9 +426,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
     del argv
     common.setup_process()
-    if common.CONFIG.value is not None and _PRESET.value:
+    if common.CONFIG.value is not None and common.PRESET.value:
         raise app.UsageError("Give --preset or --config, not both.")
-    config = common.CONFIG.value or presets.get_config(_PRESET.value or "default")
+    config = common.CONFIG.value or presets.get_config(common.PRESET.value or "default")
     logging.set_verbosity(logging.WARNING)
     run(config, common.WORKDIR.value)
 

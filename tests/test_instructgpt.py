@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import instructgpt
+from experiments import benchmark, instructgpt
 from experiments.configs import instructgpt as presets
 from rlhf_jax.world import tasks
 
@@ -29,6 +29,11 @@ STAGES = [
     "ppo_ptx",
     "evaluate",
 ]
+
+
+def test_entry_points_share_one_process_without_flag_clashes():
+    # pytest imports every experiment module into one process; absl flags are process-global.
+    assert callable(benchmark.main) and callable(instructgpt.main)
 
 
 def test_presets_keep_the_larger_model_at_least_4x_the_smaller():
