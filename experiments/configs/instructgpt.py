@@ -29,7 +29,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
                 pretrain_validation=256,
                 sft=3_000,
                 sft_validation=128,
-                rm=600,
+                rm=1_000,
                 ppo=2_000,
                 test=256,
             ),
@@ -54,7 +54,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
         )
     )
     # About 1.5 epochs of the rankings: more overfits them (held-out loss rises).
-    c.rm = ml_collections.ConfigDict(dict(steps=60, batch_size=16, learning_rate=5e-4))
+    c.rm = ml_collections.ConfigDict(dict(steps=100, batch_size=16, learning_rate=5e-4))
     c.ppo = ml_collections.ConfigDict(
         dict(
             iterations=60,

@@ -96,7 +96,7 @@ def _plausible_answer(task: Task, rng: np.random.Generator) -> str:
         pool = tasks_lib.CITIES if "live" in task.instruction else tasks_lib.COLORS
         return tasks_lib.choose(rng, pool)
     if task.family == "add":
-        return str(int(task.answer) + int(rng.choice([-10, -2, -1, 1, 2, 10])))
+        return str(abs(int(task.answer) + int(rng.choice([-10, -2, -1, 1, 2, 10]))))
     if task.family == "repeat":
         word = task.answer.split()[0]
         n = len(task.answer.split()) + int(rng.choice([-1, 1, 2]))

@@ -66,12 +66,12 @@ def choose(rng: np.random.Generator, items, size: int | None = None, replace: bo
 
 
 def _reverse(rng: np.random.Generator) -> Task:
-    words = choose(rng, WORDS, int(rng.integers(3, 6)), replace=False)
+    words = choose(rng, WORDS, int(rng.integers(2, 5)), replace=False)
     return Task("reverse", f"Reverse the words: {' '.join(words)}.", " ".join(words[::-1]))
 
 
 def _sort(rng: np.random.Generator) -> Task:
-    numbers = [int(n) for n in rng.choice(100, size=int(rng.integers(3, 6)), replace=False)]
+    numbers = [int(n) for n in rng.choice(50, size=int(rng.integers(2, 5)), replace=False)]
     return Task(
         "sort",
         f"Sort these numbers from smallest to largest: {' '.join(map(str, numbers))}.",
@@ -80,12 +80,12 @@ def _sort(rng: np.random.Generator) -> Task:
 
 
 def _add(rng: np.random.Generator) -> Task:
-    a, b = (int(n) for n in rng.integers(0, 50, size=2))
+    a, b = (int(n) for n in rng.integers(0, 20, size=2))
     return Task("add", f"What is {a} plus {b}?", str(a + b))
 
 
 def _repeat(rng: np.random.Generator) -> Task:
-    word, times = choose(rng, WORDS), int(rng.integers(2, 6))
+    word, times = choose(rng, WORDS), int(rng.integers(2, 5))
     return Task("repeat", f"Say the word {word} exactly {times} times.", " ".join([word] * times))
 
 
@@ -101,13 +101,16 @@ def _qa(rng: np.random.Generator) -> Task:
             color, thing = choose(rng, COLORS), choose(rng, THINGS)
             facts.append(f"{name} has a {color} {thing}.")
             answers[(name, thing)] = color
-    asked = choose(rng, NAMES)  # often not among the three: then the facts do not say
-    if rng.random() < 0.5:
-        question, key = f"Where does {asked} live?", (asked, "city")
+    if rng.random() < 0.75:  # about one of the facts
+        asked, kind = list(answers)[int(rng.integers(len(answers)))]
+    else:  # about someone the facts do not mention: the facts do not say
+        asked = choose(rng, [n for n in NAMES if n not in names])
+        kind = "city" if rng.random() < 0.5 else choose(rng, THINGS)
+    if kind == "city":
+        question = f"Where does {asked} live?"
     else:
-        thing = choose(rng, THINGS)
-        question, key = f"What color is {asked}'s {thing}?", (asked, thing)
-    answer = answers.get(key, UNKNOWN_ANSWER)
+        question = f"What color is {asked}'s {kind}?"
+    answer = answers.get((asked, kind), UNKNOWN_ANSWER)
     return Task("qa", f"Facts: {' '.join(facts)} Question: {question}", answer)
 
 
