@@ -25,7 +25,7 @@ from rlhf_jax.world.tasks import Task
 
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
-    """Sizes and rates of the world's datasets.
+    """The task mix and the rates of the world's datasets (sizes are `WorldSizes`).
 
     Attributes:
       families: task families used.
