@@ -13,6 +13,7 @@ Stages, each in its own folder of the workdir and each reusing a stage module:
   rank            K = 4..9 samples of the small SFT model per prompt, ranked by a noisy labeler
                   whose temperature gives the target inter-labeler agreement
   rm              the reward model from the small SFT model (experiments.reward)
+  rm_families     its held-out accuracy per task family, beside the gold ordering's
   ppo, ppo_ptx    PPO and PPO-ptx from the small SFT model (experiments.ppo)
   evaluate        every model answers the held-out prompts; the gold labeler judges
   report          report.md, metrics.json and PNG plots in the workdir
@@ -41,8 +42,8 @@ from experiments.configs import instructgpt as presets
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.tokenizer import Tokenizer, train_bpe_tokenizer
 from rlhf_jax.generation import SamplingConfig, generate_texts, make_sampler
-from rlhf_jax.models import CausalLM, hf
-from rlhf_jax.training import steps
+from rlhf_jax.models import CausalLM, ScalarModel, hf
+from rlhf_jax.training import export, steps
 from rlhf_jax.training.loop import means, sum_metrics
 from rlhf_jax.world import evaluation, labeler
 from rlhf_jax.world import tasks as tasks_lib
@@ -278,6 +279,40 @@ def _gold_order_accuracy(records: list[dict], totals: list[list[float]]) -> floa
     return hits / max(pairs, 1.0)
 
 
+def stage_rm_families(config, workdir: str, out: str) -> dict:
+    """The reward model's held-out accuracy per task family, beside the gold ordering's (how
+    often the gold score agrees with the labeler on those pairs; ties count half)."""
+    del out
+    data = reward_config(config, workdir).data
+    source = common.open_split(data, data.eval_split)
+    _, model_config, params = export.load_model(os.path.join(workdir, "rm", "model"))
+    tokenizer = Tokenizer.from_pretrained(os.path.join(workdir, "sft_small", "model"))
+    transform = pipeline.TokenizeComparison(tokenizer, common.sequence_spec(data))
+    model = ScalarModel(model_config)
+    score = jax.jit(lambda p, t, m: steps.reward_scores(model, p, t, m))
+    counts: dict[str, list[float]] = {}
+    for i in range(len(source)):
+        record, element = source[i], transform.map(source[i])
+        tokens_bkt, mask_bkt = element["tokens_kt"][None], element["mask_kt"][None]
+        rm_scores = np.asarray(score(params, tokens_bkt, mask_bkt))[0]
+        prompt = pipeline.as_text(record["prompt"])
+        gold = [labeler.gold_score(prompt, pipeline.as_text(r)) for r in record["responses"]]
+        family = tasks_lib.parse_task(prompt).family
+        row = counts.setdefault(family, [0.0, 0.0, 0.0])
+        for winner, loser in np.asarray(record["pairs"]).reshape(-1, 2):
+            row[0] += float(rm_scores[winner] > rm_scores[loser])
+            row[1] += (
+                1.0 if gold[winner] > gold[loser] else 0.5 if gold[winner] == gold[loser] else 0.0
+            )
+            row[2] += 1.0
+    return {
+        "by_family": {
+            f: {"rm_accuracy": r / n, "gold_order_accuracy": g / n, "pairs": int(n)}
+            for f, (r, g, n) in sorted(counts.items())
+        }
+    }
+
+
 def few_shot_prompt(prompt: str, rng: np.random.Generator) -> str:
     """`prompt` with two solved tasks of its family in front (unchanged if already few-shot)."""
     if prompt.count(tasks_lib.ANSWER_CUE) > 1:
@@ -383,6 +418,7 @@ def stages(config, workdir: str) -> list[tuple[str, object]]:
     items += [
         ("rank", lambda out: stage_rank(config, workdir, out)),
         ("rm", lambda out: reward_experiment.run(reward_config(config, workdir), out)),
+        ("rm_families", lambda out: stage_rm_families(config, workdir, out)),
         ("ppo", lambda out: ppo_experiment.run(ppo_config(config, workdir, False), out)),
         ("ppo_ptx", lambda out: ppo_experiment.run(ppo_config(config, workdir, True), out)),
         ("evaluate", lambda out: stage_evaluate(config, workdir, out)),

@@ -136,6 +136,7 @@ def write_report(config, workdir: str, summaries: dict, seconds: dict) -> dict:
         "stages_wall_s": seconds,
         "models": models,
         "rank": rank,
+        "rm_families": summaries["rm_families"]["by_family"],
         "rm": {k: v for k, v in rm.items() if k.startswith(("heldout", "eval", "train"))},
         "ppo": {k: summaries[k] for k in ("ppo", "ppo_ptx")},
         "ppo_curves": curves,
@@ -185,6 +186,16 @@ def _markdown(config, workdir: str, m: dict) -> str:
         f"{100 * rank['expected_labeler_agreement']:.1f}% over all pairs).",
         f"- RM held-out accuracy against the labeler: **{100 * h['rm_heldout_accuracy']:.1f}%** "
         f"(the gold ordering itself scores {100 * rank['heldout_gold_order_accuracy']:.1f}%).",
+        "",
+        "| task family | RM accuracy | gold ordering | held-out pairs |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {family} | {100 * x['rm_accuracy']:.1f}% | {100 * x['gold_order_accuracy']:.1f}% "
+        f"| {x['pairs']} |"
+        for family, x in m["rm_families"].items()
+    ]
+    lines += [
         "",
         "## The alignment tax (pretraining-data NLL, nats/token)\n",
         f"- SFT {models['sft_small']['pretrain_nll']:.3f}, PPO "

@@ -25,6 +25,7 @@ STAGES = [
     "sft_large",
     "rank",
     "rm",
+    "rm_families",
     "ppo",
     "ppo_ptx",
     "evaluate",
@@ -99,6 +100,10 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(tmp_p
         "ptx_pretrain_nll_rise_smaller_than_ppo",
     }
     assert 0.5 <= metrics["rank"]["heldout_labeler_agreement"] <= 1
+    families = metrics["rm_families"]
+    assert families and set(families) <= set(tasks.FAMILIES)
+    for x in families.values():
+        assert 0 <= x["rm_accuracy"] <= 1 and 0 <= x["gold_order_accuracy"] <= 1 and x["pairs"] > 0
     assert len(metrics["statements"]) == 3
 
     report = (workdir / "report.md").read_text()
