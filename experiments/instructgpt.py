@@ -322,10 +322,8 @@ def few_shot_prompt(prompt: str, rng: np.random.Generator) -> str:
     return "".join(f"{s.instruction}{tasks_lib.ANSWER_CUE} {s.answer}\n\n" for s in shots) + prompt
 
 
-def _pretrain_nll(config, workdir: str, model_dir: str) -> float:
-    """Mean NLL (nats/token, every token) of the pretraining validation split."""
-    model_config, params = hf.load_pretrained(model_dir, dropout_rate=0.0)
-    tokenizer = Tokenizer.from_pretrained(model_dir)
+def _pretrain_nll(config, workdir: str, model_config, params, tokenizer) -> float:
+    """Mean NLL (nats/token, every token) of the pretraining validation split under a model."""
     data = world_data(config, workdir, "pretrain", "validation", "validation")
     batches = common.eval_batches(
         common.open_split(data, "validation"),
@@ -356,14 +354,16 @@ def evaluated_models(config) -> list[tuple[str, str, bool]]:
 def stage_evaluate(config, workdir: str, out: str) -> dict:
     """Every model answers the held-out prompts (same decoding); the gold labeler judges."""
     prompts = [r["prompt"] for r in _records(config, workdir, "prompts", "test")]
-    responses, scores = {}, {}
+    responses, scores, nlls = {}, {}, {}
     for name, stage, few_shot in evaluated_models(config):
         model_dir = os.path.join(workdir, stage, "model")
         shot_rng = np.random.default_rng([config.seed, 11])
         asked = [few_shot_prompt(p, shot_rng) for p in prompts] if few_shot else prompts
-        sampler, params, tokenizer, _ = _sampler_for(
+        sampler, params, tokenizer, model_config = _sampler_for(
             model_dir, config.eval.temperature, config.max_new_tokens
         )
+        if not few_shot:  # the few-shot rows reuse their zero-shot model
+            nlls[name] = _pretrain_nll(config, workdir, model_config, params, tokenizer)
         responses[name] = generate_texts(
             sampler,
             params,
@@ -378,11 +378,8 @@ def stage_evaluate(config, workdir: str, out: str) -> dict:
     metrics = {
         name: evaluation.model_metrics(s, baseline, seed=config.seed) for name, s in scores.items()
     }
-    for name, stage, few_shot in evaluated_models(config):
-        if not few_shot:
-            metrics[name]["pretrain_nll"] = _pretrain_nll(
-                config, workdir, os.path.join(workdir, stage, "model")
-            )
+    for name, nll in nlls.items():
+        metrics[name]["pretrain_nll"] = nll
     if common.is_chief():
         with open(os.path.join(out, "responses.jsonl"), "w") as f:
             for i, prompt in enumerate(prompts):
