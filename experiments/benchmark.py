@@ -2,8 +2,15 @@ r"""Benchmarks of the design notes' workloads, rlhf_jax beside transformers/PyTo
 
 Model for every workload: GPT-2 architecture, 4 layers, 4 heads, width 256, vocab 8192, context
 256, float32, no dropout. Both sides use the same weights (rlhf_jax params exported to transformers
-directories). Sequences are 16 prompts x 64 tokens + 64 response tokens.
+directories) and compute the same numbers (checked in the output).
 
+(a) SFT: one AdamW step on 16 sequences x 256 tokens, loss on the last 128 tokens; the library's
+    `make_train_step` jitted by `jit_train_step` vs a transformers forward with labels, backward
+    and `torch.optim.AdamW`. The rlhf_jax step also computes the gradient norm and guards
+    against non-finite updates; the torch loop does not.
+(b) reward model: one AdamW step on 16 comparisons of two 256-token sequences (32 sequences,
+    each scored once), loss -log sigmoid(r_w - r_l).
+The remaining workloads use 16 prompts x 64 tokens + 64 response tokens:
 (c) generation: 64 new tokens per prompt, sampling at temperature 1 (no EOS, so every row
     produces all 64 tokens); rlhf_jax's KV-cache sampler vs `model.generate`.
 (d) the rest of the rollout: policy and reference log-probs of the response tokens, per-token
@@ -14,10 +21,11 @@ directories). Sequences are 16 prompts x 64 tokens + 64 response tokens.
     torch.
 
 Each workload prints one JSON line: median, min and max of the timed runs after a warm-up run,
-compile time, model FLOP/s as a fraction of the machine's measured fp32 matmul rate, the torch
-figures and `speedup_jax_over_torch`.
+compile time, model FLOP/s as a fraction of the machine's measured fp32 matmul rate, peak memory
+(growth of the process's peak RSS during the timed runs, on Linux; for rlhf_jax also the size of
+the compiled program's temporary buffers), the torch figures and `speedup_jax_over_torch`.
 
-  python -m experiments.benchmark                      # the design-notes sizes, workloads c, d, e
+  python -m experiments.benchmark                      # the design-notes sizes, workloads a-e
   python -m experiments.benchmark --workloads=d,e      # a subset
   python -m experiments.benchmark --preset=tiny        # seconds; used by the tests
   python -m experiments.benchmark --from_jsonl=experiments/results/benchmark_cpu.jsonl  # table
@@ -40,7 +48,9 @@ from absl import app, flags
 
 from experiments import common
 
-_WORKLOADS = flags.DEFINE_list("workloads", ["c", "d", "e"], "Workloads to run (of c, d, e).")
+_WORKLOADS = flags.DEFINE_list(
+    "workloads", ["a", "b", "c", "d", "e"], "Workloads to run (of a, b, c, d, e)."
+)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs after one warm-up run (median reported).")
 _THREADS = flags.DEFINE_integer("threads", 2, "PyTorch intra-op threads (the machine's cores).")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time transformers/PyTorch when torch is installed.")
@@ -81,18 +91,56 @@ LEARNING_RATE = 1e-5
 CLIP_EPS, VALUE_CLIP, LAM = 0.2, 0.2, 0.95
 
 
-def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
-    """Wall-clock seconds of `repeats` calls after one warm-up call."""
+_PROC_STATUS, _PROC_CLEAR_REFS = "/proc/self/status", "/proc/self/clear_refs"
+
+
+def _rss_kib(field: str) -> int | None:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process in KiB; None off Linux."""
+    try:
+        with open(_PROC_STATUS) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Resets VmHWM to the current RSS (Linux: write 5 to clear_refs); False when not possible."""
+    try:
+        with open(_PROC_CLEAR_REFS, "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class Timings(list):
+    """Wall-clock seconds of the timed runs; `peak_rss_growth_mib` is how far the process's peak
+    resident memory rose above its resident memory before the first run (activations, gradients
+    and temporaries; None where it cannot be measured)."""
+
+    peak_rss_growth_mib: float | None = None
+
+
+def _timed(fn: Callable[[], object], repeats: int) -> Timings:
+    """Wall-clock seconds of `repeats` calls after one warm-up call, and their peak memory."""
     fn()
-    times = []
+    reset = _reset_peak_rss()
+    before = _rss_kib("VmRSS")
+    times = Timings()
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    peak = _rss_kib("VmHWM")
+    if reset and before is not None and peak is not None:
+        times.peak_rss_growth_mib = (peak - before) / 1024
     return times
 
 
-def _summary(times: list[float], work: float, unit: str) -> dict:
+def _summary(times: Timings, work: float, unit: str) -> dict:
     median = statistics.median(times)
     return {
         f"{unit}_per_s": work / median,
@@ -100,18 +148,23 @@ def _summary(times: list[float], work: float, unit: str) -> dict:
         "min_s": min(times),
         "max_s": max(times),
         "runs": len(times),
+        "peak_rss_growth_mib": times.peak_rss_growth_mib,
     }
 
 
-def matmul_flops_per_s(size: int = 1024, repeats: int = 5) -> float:
-    """The machine's measured float32 matmul rate in FLOP/s (jnp.dot of two size x size arrays)."""
+def matmul_flops_per_s(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5) -> float:
+    """The machine's measured float32 matmul rate in FLOP/s: the best median over square
+    `jnp.dot`s of the given sizes."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    dot = jax.jit(lambda x: x @ x)
-    times = _timed(lambda: dot(a).block_until_ready(), repeats)
-    return 2 * size**3 / statistics.median(times)
+    rates = []
+    for size in sizes:
+        a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+        dot = jax.jit(lambda x: x @ x)
+        times = _timed(lambda: dot(a).block_until_ready(), repeats)  # noqa: B023
+        rates.append(2 * size**3 / statistics.median(times))
+    return max(rates)
 
 
 def forward_flops(cfg, batch: int, positions: range, lm_head_positions: int | None = None) -> float:
@@ -161,9 +214,12 @@ def _compiled(fn, *args) -> tuple[Any, float]:
     return compiled, time.perf_counter() - start
 
 
-def _jax_stats(times, work, unit, compile_s, flops, peak) -> dict:
+def _jax_stats(times, work, unit, compiled, compile_s, flops, peak) -> dict:
     stats = _summary(times, work, unit)
     stats["compile_s"] = compile_s
+    # XLA's own account of the temporary buffers the program allocates besides its inputs and
+    # outputs (activations, gradients, logits).
+    stats["xla_temp_mib"] = compiled.memory_analysis().temp_size_in_bytes / 2**20
     stats["model_flops_per_s"] = flops / stats["median_s"]
     stats["fraction_of_matmul_peak"] = stats["model_flops_per_s"] / peak
     return stats
@@ -241,6 +297,165 @@ def _torch_values(base, head, ids, prompt_len: int):
 # ---------------------------------------------------------------------------------------------
 
 
+WEIGHT_DECAY = 0.01  # AdamW's decoupled weight decay on both sides (torch's default)
+
+
+def _max_abs_diff(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+def _train_batch(preset: dict, rows: int) -> Any:
+    """int32 [rows, context] random tokens (seed 0)."""
+    import numpy as np
+
+    shape = (rows, preset["context"])
+    return np.random.default_rng(0).integers(0, preset["vocab"], shape, np.int32)
+
+
+def _jit_library_step(forward, params, batch: dict, seed: int):
+    """The library's SFT/RM step as the experiments run it: `make_train_step` with AdamW, jitted
+    over a 1-device mesh with explicit shardings (`jit_train_step`). Returns (run: one step that
+    carries the state on, compile seconds, the compiled executable)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from rlhf_jax import sharding
+    from rlhf_jax.training import state as state_lib
+    from rlhf_jax.training import steps
+
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    replicated = jax.tree_util.tree_map(lambda _: sharding.replicated(mesh), params)
+    shardings = state_lib.state_shardings(replicated, tx, params, mesh)
+    own = jax.tree_util.tree_map(jnp.copy, params)  # the step donates its state; params live on
+    state = sharding.put_on_mesh(state_lib.create_state(own, tx, seed), shardings)
+    step = steps.jit_train_step(steps.make_train_step(forward, tx), mesh, shardings)
+    batch = sharding.put_batch(batch, mesh)
+    rng = jax.random.key(seed)
+    compiled, compile_s = _compiled(step, state, batch, rng)
+    holder = [state]
+
+    def run():  # the state carries on from run to run, as in training
+        holder[0], metrics = compiled(holder[0], batch, rng)
+        return jax.block_until_ready(metrics)
+
+    return run, compile_s, compiled
+
+
+def bench_sft(preset: dict, repeats: int, threads: int, with_torch: bool, peak: float):
+    """(a): SFT tokens/s, one AdamW step on 16 sequences x 256 tokens, loss on the second half."""
+    import numpy as np
+
+    from rlhf_jax import losses
+    from rlhf_jax.models import CausalLM
+    from rlhf_jax.training import steps
+
+    cfg = _model_config(preset)
+    batch, seq = preset["batch"], preset["context"]
+    lm = CausalLM(cfg)
+    tokens = _train_batch(preset, batch)
+    loss_mask = np.zeros_like(tokens, bool)
+    loss_mask[:, seq // 2 :] = True  # the "response": the loss is on these tokens only
+    params = _params(lm, seq, 0)
+    data = dict(tokens_bt=tokens, mask_bt=np.ones_like(loss_mask), loss_mask_bt=loss_mask)
+    run, compile_s, compiled = _jit_library_step(steps.sft_forward(lm), params, data, 0)
+    # The first two steps' losses (the second after one AdamW update), compared with torch's.
+    first_losses = [float(losses.metrics_mean(run())["loss"]) for _ in range(2)]
+    flops = 3 * forward_flops(cfg, batch, range(seq))  # forward + backward (~2x forward)
+    result = {
+        "workload": "a_sft_step",
+        "unit": "trained tokens/s",
+        "jax": _jax_stats(
+            _timed(run, repeats), batch * seq, "tokens", compiled, compile_s, flops, peak
+        ),
+    }
+    if with_torch:
+        result["torch"], torch_losses = _torch_sft(cfg, params, tokens, loss_mask, repeats, threads)
+        result["loss_abs_diff_vs_torch"] = _max_abs_diff(first_losses, torch_losses)
+    return result
+
+
+def _torch_sft(cfg, params, tokens, loss_mask, repeats: int, threads: int):
+    """((a) stats, losses of the first two steps) for the same step in transformers/PyTorch."""
+    import torch
+
+    torch.set_num_threads(threads)
+    ids = torch.tensor(tokens, dtype=torch.long)
+    labels = ids.masked_fill(~torch.from_numpy(loss_mask), -100)  # -100: no loss there
+    with _torch_lm(cfg, params) as model:
+        model.train()  # dropout is 0 in the config
+        opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+
+        def run():
+            loss = model(input_ids=ids, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return float(loss)
+
+        first_losses = [run() for _ in range(2)]
+        stats = _summary(_timed(run, repeats), ids.numel(), "tokens")
+    return {**stats, **_torch_versions(threads)}, first_losses
+
+
+def bench_reward(preset: dict, repeats: int, threads: int, with_torch: bool, peak: float):
+    """(b): RM pairs/s, one AdamW step on 16 comparisons of two 256-token sequences, each scored
+    once, pairwise loss -log sigmoid(r_w - r_l)."""
+    import numpy as np
+
+    from rlhf_jax import losses
+    from rlhf_jax.models import ScalarModel
+    from rlhf_jax.training import steps
+
+    cfg = _model_config(preset)
+    pairs, seq = preset["batch"], preset["context"]
+    scalar = ScalarModel(cfg)
+    tokens = _train_batch(preset, 2 * pairs).reshape(pairs, 2, seq)
+    prefers = np.zeros((pairs, 2, 2), bool)
+    prefers[:, 0, 1] = True  # response 0 preferred to response 1
+    params = _params(scalar, seq, 0)
+    data = dict(tokens_bkt=tokens, mask_bkt=np.ones_like(tokens, bool), prefers_bkk=prefers)
+    run, compile_s, compiled = _jit_library_step(steps.reward_forward(scalar), params, data, 0)
+    first_losses = [float(losses.metrics_mean(run())["loss"]) for _ in range(2)]
+    flops = 3 * forward_flops(cfg, 2 * pairs, range(seq), 0)
+    result = {
+        "workload": "b_reward_step",
+        "unit": "pairs/s",
+        "jax": _jax_stats(_timed(run, repeats), pairs, "pairs", compiled, compile_s, flops, peak),
+    }
+    if with_torch:
+        result["torch"], torch_losses = _torch_reward(cfg, params, tokens, repeats, threads)
+        result["loss_abs_diff_vs_torch"] = _max_abs_diff(first_losses, torch_losses)
+    return result
+
+
+def _torch_reward(cfg, params, tokens, repeats: int, threads: int):
+    """((b) stats, losses of the first two steps) for the same step in transformers/PyTorch."""
+    import torch
+
+    torch.set_num_threads(threads)
+    pairs, _, seq = tokens.shape
+    ids = torch.tensor(tokens.reshape(2 * pairs, seq), dtype=torch.long)
+    with _torch_scalar(cfg, params) as (base, head):
+        base.train()  # dropout is 0 in the config
+        head.bias.requires_grad_(False)  # as rlhf_jax: the bias is set after training
+        trained = [*base.parameters(), head.weight]
+        opt = torch.optim.AdamW(trained, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+
+        def run():
+            rewards = head(base(input_ids=ids).last_hidden_state[:, -1])[:, 0].view(pairs, 2)
+            loss = -torch.nn.functional.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return float(loss)
+
+        first_losses = [run() for _ in range(2)]
+        stats = _summary(_timed(run, repeats), pairs, "pairs")
+    return {**stats, **_torch_versions(threads)}, first_losses
+
+
 def bench_generation(preset: dict, repeats: int, threads: int, with_torch: bool, peak: float):
     """(c): new tokens/s of sampling 16 x 64 new tokens after 64-token prompts."""
     import jax
@@ -266,7 +481,9 @@ def bench_generation(preset: dict, repeats: int, threads: int, with_torch: bool,
     result = {
         "workload": "c_generation",
         "unit": "new tokens/s",
-        "jax": _jax_stats(_timed(run, repeats), batch * new, "tokens", compile_s, flops, peak),
+        "jax": _jax_stats(
+            _timed(run, repeats), batch * new, "tokens", compiled, compile_s, flops, peak
+        ),
     }
     if with_torch:
         result["torch"] = _torch_generation(cfg, params, tokens, new, repeats, threads)
@@ -376,7 +593,9 @@ def bench_scoring(preset: dict, repeats: int, threads: int, with_torch: bool, pe
     result = {
         "workload": "d_rollout_scoring",
         "unit": "sequences/s",
-        "jax": _jax_stats(_timed(run, repeats), batch, "sequences", compile_s, flops, peak),
+        "jax": _jax_stats(
+            _timed(run, repeats), batch, "sequences", compiled, compile_s, flops, peak
+        ),
     }
     if with_torch:
         result["torch"], torch_out = _torch_scoring(setup, prompt_len, repeats, threads)
@@ -478,7 +697,7 @@ def bench_ppo_update(preset: dict, repeats: int, threads: int, with_torch: bool,
     result = {
         "workload": "e_ppo_update",
         "unit": "trained tokens/s (epochs x sequences x tokens, policy and value)",
-        "jax": _jax_stats(_timed(run, repeats), work, "tokens", compile_s, flops, peak),
+        "jax": _jax_stats(_timed(run, repeats), work, "tokens", compiled, compile_s, flops, peak),
     }
     if with_torch:
         result["torch"] = _torch_ppo_update(setup, data, preset, repeats, threads)
@@ -551,7 +770,13 @@ def _torch_ppo_update(setup: dict, data: dict, preset: dict, repeats: int, threa
     return {**stats, **_torch_versions(threads)}
 
 
-WORKLOADS = {"c": bench_generation, "d": bench_scoring, "e": bench_ppo_update}
+WORKLOADS = {
+    "a": bench_sft,
+    "b": bench_reward,
+    "c": bench_generation,
+    "d": bench_scoring,
+    "e": bench_ppo_update,
+}
 
 
 def run_workloads(names: list[str], preset_name: str, repeats: int, threads: int, with_torch: bool):
@@ -593,16 +818,23 @@ def run_workloads(names: list[str], preset_name: str, repeats: int, threads: int
         yield result
 
 
+def _mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f} MiB"
+
+
 def markdown_table(results: list[dict]) -> str:
-    """The README's benchmark table from result dicts (or JSON lines read back)."""
+    """The README's benchmark table from result dicts (or JSON lines read back). Memory is the
+    peak resident-memory growth during the timed runs (both sides) and, for rlhf_jax, the
+    compiled program's temporary buffers as XLA counts them."""
     first = results[0]
     lines = [
         f"{first['date']}, {first['machine']}, {first['device']}, jax {first['jax_version']}"
         + (f", torch {first['torch']['version']}" if first.get("torch") else ""),
         "",
         "| workload | unit | rlhf_jax median | run spread | compile | of fp32 matmul peak "
-        "| PyTorch median | run spread | JAX / PyTorch |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| memory: RSS growth (XLA temp) | PyTorch median | run spread | PyTorch RSS growth "
+        "| JAX / PyTorch |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         j, t = r["jax"], r.get("torch")
@@ -614,15 +846,17 @@ def markdown_table(results: list[dict]) -> str:
             f"{j['min_s']:.3g}-{j['max_s']:.3g} s",
             f"{j['compile_s']:.1f} s",
             f"{100 * j['fraction_of_matmul_peak']:.0f}%",
+            f"{_mib(j.get('peak_rss_growth_mib'))} ({_mib(j.get('xla_temp_mib'))})",
         ]
         if t:
             row += [
                 f"{t[rate]:,.0f}",
                 f"{t['min_s']:.3g}-{t['max_s']:.3g} s",
+                _mib(t.get("peak_rss_growth_mib")),
                 f"**{r['speedup_jax_over_torch']:.2f}x**",
             ]
         else:
-            row += ["n/a", "n/a", "n/a"]
+            row += ["n/a"] * 4
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

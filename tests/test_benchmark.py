@@ -16,7 +16,13 @@ def test_benchmark_prints_one_json_line_per_workload_with_torch_baseline():
     )
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     results = {r["workload"]: r for r in map(json.loads, lines)}
-    assert list(results) == ["c_generation", "d_rollout_scoring", "e_ppo_update"], out.stdout
+    assert list(results) == [
+        "a_sft_step",
+        "b_reward_step",
+        "c_generation",
+        "d_rollout_scoring",
+        "e_ppo_update",
+    ], out.stdout
     for result in results.values():
         jax_stats, torch_stats = result["jax"], result["torch"]
         assert jax_stats["runs"] == 2 and torch_stats["runs"] == 2
@@ -26,8 +32,15 @@ def test_benchmark_prints_one_json_line_per_workload_with_torch_baseline():
         expected_ratio = jax_stats[rate] / torch_stats[rate]
         assert abs(result["speedup_jax_over_torch"] - expected_ratio) < 1e-9
         assert result["shape"]["new"] == 4 and result["date"]
-    # (d) computes the same numbers on both sides (same weights), so the timing compares like
-    # with like.
+        # Memory: every workload's program needs temporaries (activations at least).
+        assert jax_stats["xla_temp_mib"] > 0
+        for stats in (jax_stats, torch_stats):
+            assert stats["peak_rss_growth_mib"] is None or stats["peak_rss_growth_mib"] >= 0
+    # Both sides compute the same numbers (same weights), so the timing compares like with like:
+    # (a) and (b) the losses of the first two training steps (the second after one AdamW update),
+    # (d) every output.
+    assert results["a_sft_step"]["loss_abs_diff_vs_torch"] < 1e-4
+    assert results["b_reward_step"]["loss_abs_diff_vs_torch"] < 1e-4
     assert results["d_rollout_scoring"]["max_abs_diff_vs_torch"] < 1e-4
     # The README table is rendered from these lines.
     from experiments.benchmark import markdown_table

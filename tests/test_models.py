@@ -247,3 +247,23 @@ def test_remat_keeps_params_outputs_gradients_and_cache():
     out_remat = remat.apply(params, tokens, cache=cache)
     np.testing.assert_allclose(out_remat.logits_btv, out_plain.logits_btv, atol=1e-5)
     chex.assert_trees_all_close(out_remat.cache, out_plain.cache, atol=1e-5)
+
+
+def test_tied_lm_head_gradient_equals_autodiff():
+    """`tied_logits` has a hand-written backward (for XLA:CPU's layouts); it must give autodiff's
+    gradients for both the hidden states and the embedding."""
+    from rlhf_jax.models.transformer import tied_logits
+
+    hidden = jax.random.normal(jax.random.key(0), (2, 5, 8))
+    embedding = jax.random.normal(jax.random.key(1), (11, 8))
+    weights = jax.random.normal(jax.random.key(2), (2, 5, 11))
+
+    def loss(logits_fn, h, e):
+        return jnp.sum(weights * jnp.tanh(logits_fn(h, e)))
+
+    got = jax.grad(lambda h, e: loss(tied_logits, h, e), argnums=(0, 1))(hidden, embedding)
+    want = jax.grad(lambda h, e: loss(lambda a, b: a @ b.T, h, e), argnums=(0, 1))(
+        hidden, embedding
+    )
+    chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(tied_logits(hidden, embedding), hidden @ embedding.T, atol=1e-5)

@@ -275,6 +275,33 @@ class DecoderOutput:
     cache: KVCache | None
 
 
+@jax.custom_vjp
+def tied_logits(hidden_btd: jax.Array, embedding_ve: jax.Array) -> jax.Array:
+    """hidden [B, T, E] x embedding [V, E] -> logits [B, T, V] (the tied LM head).
+
+    The same product as `nn.Embed.attend`, with a hand-written backward: the embedding's
+    gradient is computed as hidden^T @ dlogits ([E, V], then transposed), so the [B*T, V]
+    gradient of the logits is read in its own layout. Autodiff's dlogits^T @ hidden made XLA:CPU
+    copy that whole array into transposed form first (about a fifth of an SFT step's time at
+    vocab 8192, measured by `experiments/benchmark.py`'s workload (a)).
+    """
+    return jnp.dot(hidden_btd, embedding_ve.T)
+
+
+def _tied_logits_fwd(hidden_btd, embedding_ve):
+    return tied_logits(hidden_btd, embedding_ve), (hidden_btd, embedding_ve)
+
+
+def _tied_logits_bwd(residuals, dlogits_btv):
+    hidden_btd, embedding_ve = residuals
+    dhidden_btd = jnp.einsum("btv,ve->bte", dlogits_btv, embedding_ve)
+    dembedding_ev = jnp.einsum("bte,btv->ev", hidden_btd, dlogits_btv)
+    return dhidden_btd, dembedding_ev.T
+
+
+tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
+
+
 class Decoder(nn.Module):
     """Token (+ learned position) embedding, the blocks, and the final norm."""
 
@@ -382,4 +409,5 @@ class Decoder(nn.Module):
 
     def attend(self, hidden_btd: jax.Array) -> jax.Array:
         """Logits through the (tied) token embedding: [B, T, E] -> [B, T, V]."""
-        return self.embed.attend(hidden_btd)
+        dtype = self.config.jnp_dtype
+        return tied_logits(hidden_btd.astype(dtype), self.embed.embedding.astype(dtype))
