@@ -27,6 +27,10 @@ RUNTIME = [
 DEV = [
     "pytest>=9.0",
     "ruff>=0.17",
+    # Execute the notebooks in CI (tests/test_notebooks.py).
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
     # Test-only PyTorch reference for logit/generation parity and the benchmark baseline. Pinned to
     # the CPU build that is available offline on these machines; a looser pin pulls a multi-GB CUDA
     # wheel.

@@ -29,6 +29,7 @@ the compiled program's temporary buffers), the torch figures and `speedup_jax_ov
   python -m experiments.benchmark --workloads=d,e      # a subset
   python -m experiments.benchmark --preset=tiny        # seconds; used by the tests
   python -m experiments.benchmark --from_jsonl=experiments/results/benchmark_cpu.jsonl  # table
+  python -m experiments.benchmark --matmuls            # the body's matmul shapes, XLA vs torch
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs after one warm-up run 
 _THREADS = flags.DEFINE_integer("threads", 2, "PyTorch intra-op threads (the machine's cores).")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time transformers/PyTorch when torch is installed.")
 _TABLE = flags.DEFINE_bool("table", True, "After the JSON lines, print them as a markdown table.")
+_MATMULS = flags.DEFINE_bool(
+    "matmuls",
+    False,
+    "Run nothing else: time the model's matmul shapes (forward x @ W and the backward's "
+    "dy @ W^T) in XLA and in torch, to explain the training workloads' ratios.",
+)
 _FROM_JSONL = flags.DEFINE_string(
     "from_jsonl", None, "Run nothing: print the markdown table of a saved JSON-lines file."
 )
@@ -392,7 +399,7 @@ def _torch_sft(cfg, params, tokens, loss_mask, repeats: int, threads: int):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            return float(loss)
+            return loss.item()
 
         first_losses = [run() for _ in range(2)]
         stats = _summary(_timed(run, repeats), ids.numel(), "tokens")
@@ -449,7 +456,7 @@ def _torch_reward(cfg, params, tokens, repeats: int, threads: int):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            return float(loss)
+            return loss.item()
 
         first_losses = [run() for _ in range(2)]
         stats = _summary(_timed(run, repeats), pairs, "pairs")
@@ -770,6 +777,47 @@ def _torch_ppo_update(setup: dict, data: dict, preset: dict, repeats: int, threa
     return {**stats, **_torch_versions(threads)}
 
 
+def matmul_shapes(preset: dict) -> list[tuple[str, int, int, int, bool]]:
+    """(name, M, K, N, transposed_rhs) of the transformer body's matmuls for a training batch of
+    `batch` x `context` tokens: forward x @ W and the input gradient dy @ W^T."""
+    rows, width = preset["batch"] * preset["context"], preset["width"]
+    shapes = []
+    for name, k, n in (("qkv", width, 3 * width), ("mlp_up", width, 4 * width)):
+        shapes.append((f"{name} forward", rows, k, n, False))
+        shapes.append((f"{name} input gradient", rows, n, k, True))
+    return shapes
+
+
+def bench_matmuls(preset: dict, repeats: int, threads: int) -> list[dict]:
+    """GFLOP/s of each `matmul_shapes` product in XLA (jitted) and torch, same operands."""
+    import jax
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    results = []
+    for name, m, k, n, transposed in matmul_shapes(preset):
+        x = rng.standard_normal((m, k), np.float32)
+        w = rng.standard_normal((n, k) if transposed else (k, n), np.float32)
+        product = (lambda a, b: a @ b.T) if transposed else (lambda a, b: a @ b)
+        jitted, (xj, wj) = jax.jit(product), jax.device_put((x, w))
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        jax_s = statistics.median(_timed(lambda: jitted(xj, wj).block_until_ready(), repeats))  # noqa: B023
+        torch_s = statistics.median(_timed(lambda: product(xt, wt), repeats))  # noqa: B023
+        flops = 2 * m * k * n
+        results.append(
+            {
+                "matmul": name,
+                "m_k_n": [m, k, n],
+                "rhs_transposed": transposed,
+                "jax_gflops": flops / jax_s / 1e9,
+                "torch_gflops": flops / torch_s / 1e9,
+            }
+        )
+    return results
+
+
 WORKLOADS = {
     "a": bench_sft,
     "b": bench_reward,
@@ -867,6 +915,11 @@ def main(argv):
     if _FROM_JSONL.value:
         with open(_FROM_JSONL.value) as f:
             print(markdown_table([json.loads(line) for line in f if line.strip()]))
+        return
+    if _MATMULS.value:
+        preset = PRESETS[common.PRESET.value or "design"]
+        for row in bench_matmuls(preset, _REPEATS.value, _THREADS.value):
+            print(json.dumps(row), flush=True)
         return
     results = []
     for result in run_workloads(

@@ -20,6 +20,7 @@ Stages, each in its own folder of the workdir and each reusing a stage module:
 
 A stage whose folder holds its `summary.json` is finished and skipped when the command is rerun;
 a stage killed midway resumes from its checkpoints. Wall time per stage is printed and reported.
+`--until=<stage>` stops after that stage (no report); a later run without it goes on.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ from rlhf_jax.training import export, steps
 from rlhf_jax.training.loop import means, sum_metrics
 from rlhf_jax.world import evaluation, labeler
 from rlhf_jax.world import tasks as tasks_lib
+
+_UNTIL = flags.DEFINE_string(
+    "until", None, "Stop after this stage (e.g. rank), without the report; rerun to go on."
+)
 
 # ---------------------------------------------------------------------------------------------
 # Stage configs: the stage modules' own configs with the world's data and sizes
@@ -423,13 +428,22 @@ def stages(config, workdir: str) -> list[tuple[str, object]]:
     return items
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs (or finishes) every stage and writes the report; returns the report's metrics."""
+def run(config: ml_collections.ConfigDict, workdir: str, until: str | None = None) -> dict:
+    """Runs (or finishes) every stage and writes the report; returns the report's metrics.
+
+    With `until` (a stage name), stops after that stage and returns {stage: summary} of the
+    stages so far, without a report (e.g. `until="rank"` makes the ranked data for a new reward
+    model loss).
+    """
     workdir = os.path.abspath(workdir)
+    all_stages = stages(config, workdir)
+    names = [name for name, _ in all_stages]
+    if until is not None and until not in names:
+        raise ValueError(f"Unknown stage until={until!r}; the stages are {names}.")
     os.makedirs(workdir, exist_ok=True)
     common.write_config(config, workdir)
     summaries, seconds = {}, {}
-    for name, fn in stages(config, workdir):
+    for name, fn in all_stages[: names.index(until) + 1 if until else len(all_stages)]:
         out = os.path.join(workdir, name)
         path = os.path.join(out, "summary.json")
         if os.path.exists(path):
@@ -451,6 +465,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             with open(path, "w") as f:
                 json.dump(summary, f, indent=2)
         print(f"[instructgpt] {name}: {seconds[name]:.1f} s", flush=True)
+    if until is not None:
+        return summaries
     report = instructgpt_report.write_report(config, workdir, summaries, seconds)
     print(json.dumps(report["headline"]), flush=True)
     return report
@@ -463,7 +479,7 @@ def main(argv):
         raise app.UsageError("Give --preset or --config, not both.")
     config = common.CONFIG.value or presets.get_config(common.PRESET.value or "default")
     logging.set_verbosity(logging.WARNING)
-    run(config, common.WORKDIR.value)
+    run(config, common.WORKDIR.value, until=_UNTIL.value)
 
 
 if __name__ == "__main__":
