@@ -1,5 +1,6 @@
-"""One process of `tests/test_multiprocess.py`: an SFT step and a PPO rollout on a
-(data=2, fsdp=2, tensor=2) mesh, written to an .npz file by process 0.
+"""One process of `tests/test_multiprocess.py`: an SFT step (its batch placed whole on every
+process, then again from each process's own rows through `pipeline.to_global_arrays`) and a PPO
+rollout on a (data=2, fsdp=2, tensor=2) mesh, written to an .npz file by process 0.
 
   python -m tests.multiprocess_worker --num_processes=2 --process_id=0 --port=PORT \
       --local_devices=4 --out=result.npz
@@ -33,6 +34,7 @@ def main() -> None:
 
     from rlhf_jax import rollout as rollout_lib
     from rlhf_jax import sharding
+    from rlhf_jax.data import pipeline
     from rlhf_jax.training import state as state_lib
     from rlhf_jax.training import steps
     from tests import test_ppo, test_training
@@ -57,10 +59,25 @@ def main() -> None:
     shardings = state_lib.state_shardings(param_shardings, tx, params, mesh)
     state = sharding.put_on_mesh(state, shardings)
     train_step = steps.jit_train_step(step, mesh, shardings)
-    batch = sharding.put_batch(test_training.sft_batch(seed=1), mesh)
+    global_batch = test_training.sft_batch(seed=1)
+    batch = sharding.put_batch(global_batch, mesh)
+    first_state = jax.tree_util.tree_map(lambda x: x.copy(), state)  # the step donates `state`
     state, metrics = train_step(state, batch, state_lib.step_rng(state))
     sft_params = gather(state.params)
     sft_loss = gather(metrics["loss"])
+
+    # The same step fed the way the data pipeline feeds it: every process loads only its own
+    # rows (process i: the i-th contiguous block, the rows its devices hold on this mesh) and
+    # `pipeline.to_global_arrays` assembles the global batch.
+    rows = len(global_batch["tokens_bt"]) // jax.process_count()
+    mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+    local_batch = pipeline.to_global_arrays({k: v[mine] for k, v in global_batch.items()}, mesh)
+    for key, value in gather(local_batch).items():
+        np.testing.assert_array_equal(value, global_batch[key], err_msg=key)
+    local_state, local_metrics = train_step(
+        first_state, local_batch, state_lib.step_rng(first_state)
+    )
+    local_params = gather(local_state.params)
 
     # One fused rollout: sampling, log-probs, values, RM score, per-token rewards.
     models, rollout_params, config, (policy_specs, value_specs) = test_ppo.make_setup(
@@ -88,11 +105,22 @@ def main() -> None:
         }
         leaves.update(
             {
+                f"sft_local_rows/{jax.tree_util.keystr(path)}": np.asarray(leaf)
+                for path, leaf in jax.tree_util.tree_leaves_with_path(local_params)
+            }
+        )
+        leaves.update(
+            {
                 f"rollout/{jax.tree_util.keystr(path)}": np.asarray(leaf)
                 for path, leaf in jax.tree_util.tree_leaves_with_path(experience)
             }
         )
-        np.savez(args.out, sft_loss=np.asarray(sft_loss), **leaves)
+        np.savez(
+            args.out,
+            sft_loss=np.asarray(sft_loss),
+            sft_local_rows_loss=np.asarray(gather(local_metrics["loss"])),
+            **leaves,
+        )
     if args.num_processes > 1:
         multihost_utils.sync_global_devices("done")  # no process exits while others still read
 

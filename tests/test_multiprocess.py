@@ -1,6 +1,8 @@
 """Multi-process: 2 processes on localhost x 4 fake CPU devices each form one 8-device mesh through
 `jax.distributed.initialize` (gloo collectives); an SFT step and a fused PPO rollout there equal
-the single-process run on 8 devices within 1e-5 (`tests/multiprocess_worker.py`)."""
+the single-process run on 8 devices within 1e-5 (`tests/multiprocess_worker.py`). The SFT step
+runs twice: with the global batch on every process, and with each process loading only its own
+rows (as the data pipeline does), assembled by `pipeline.to_global_arrays`."""
 
 import socket
 import subprocess
@@ -48,6 +50,7 @@ def test_two_processes_equal_one_process_on_the_same_mesh(tmp_path):
     assert sorted(reference.files) == sorted(multi.files)
     assert any(k.startswith("sft/") for k in reference.files)
     assert any(k.startswith("rollout/") for k in reference.files)
+    assert any(k.startswith("sft_local_rows/") for k in reference.files)
     for key in reference.files:
         expected, got = reference[key], multi[key]
         assert expected.shape == got.shape, key
