@@ -106,7 +106,19 @@ def test_real_configs_are_complete_and_consistent():
     assert llama_tpu.get_config("sft").data.name == "alpaca/alpaca"
     assert gpt2_hh.get_config("reward").loss == "kwise_ranking"
     with pytest.raises(ValueError, match="variant"):
-        gpt2_hh.get_config("ppo")
+        gpt2_hh.get_config("dpo")
+    for ppo in (gpt2_hh.get_config("ppo"), llama_tpu.get_config("ppo")):
+        assert ppo.loss == "ppo_policy" and ppo.model.dropout_rate == 0.0
+        # prompt + response fit the sequence length the models were trained at
+        assert ppo.data.max_prompt_len + ppo.ppo.max_new_tokens <= ppo.data.max_len
+        assert ppo.train.batch_size % ppo.ppo.minibatches == 0
+    llama = llama_tpu.get_config("ppo")
+    assert llama.ptx.name == "alpaca/alpaca" and llama.data.name == "anthropic_hh/helpful-base"
+    for chips in (64, 256):  # rollout batches and PPO minibatches split over data x fsdp
+        ways = llama.mesh.data * chips // llama.mesh.tensor
+        minibatch = llama.train.batch_size // llama.ppo.minibatches
+        assert llama.train.batch_size % ways == 0 and minibatch % ways == 0
+        assert llama.ppo.ptx_batch_size % ways == 0
 
 
 def test_llama_tpu_model_fields_reach_the_loaded_model(tmp_path):

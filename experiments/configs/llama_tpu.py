@@ -10,12 +10,16 @@ host sees (a gcsfuse mount or NFS): all hosts write checkpoints together, host 0
       --workdir=/mnt/shared/sft
   python -m experiments.reward --distributed --config=experiments/configs/llama_tpu.py:reward \
       --workdir=/mnt/shared/rm --config.model.sft_dir=/mnt/shared/sft/model
+  python -m experiments.ppo --distributed --config=experiments/configs/llama_tpu.py:ppo \
+      --workdir=/mnt/shared/ppo --config.model.sft_dir=/mnt/shared/sft/model \
+      --config.model.reward_dir=/mnt/shared/rm/model [--config.ppo.ptx_coef=1.0]
 
 Layout: parameters, gradients and Adam moments are sharded over `fsdp` (all chips but the tensor
 axis) and heads/MLP over `tensor` (4 chips, within a host's ICI neighbourhood); activations are
 bfloat16 with float32 master weights, and each block is rematerialised in the backward pass.
-SFT uses Alpaca's 52k demonstrations; the RM uses HH-RLHF helpful-base. The batch size must be a
-multiple of data x fsdp (16 on 64 chips, 64 on 256 chips).
+SFT uses Alpaca's 52k demonstrations; the RM uses HH-RLHF helpful-base; PPO its prompts, with
+Alpaca as PPO-ptx's stand-in for pretraining text. Batch sizes (and PPO's minibatches) must be
+multiples of data x fsdp (16 on 64 chips, 64 on 256 chips).
 """
 
 import ml_collections
@@ -26,11 +30,14 @@ MODEL = "meta-llama/Llama-3.1-8B"
 
 
 def get_config(variant: str = "sft") -> ml_collections.ConfigDict:
-    if variant not in ("sft", "reward"):
-        raise ValueError(f"Unknown variant {variant!r}; llama_tpu has 'sft' and 'reward'.")
+    if variant not in ("sft", "reward", "ppo"):
+        raise ValueError(f"Unknown variant {variant!r}; llama_tpu has 'sft', 'reward' and 'ppo'.")
     c = hh_tiny.get_config(variant)
     if variant == "sft":
         c.data.update(name="alpaca/alpaca", train_split="train[:98%]", eval_split="train[98%:]")
+    elif variant == "ppo":
+        c.data.update(name="anthropic_hh/helpful-base", train_split="train", eval_split="test")
+        c.ptx.update(name="alpaca/alpaca", split="train[:98%]", eval_split="train[98%:]")
     else:
         c.data.update(name="anthropic_hh/helpful-base", train_split="train", eval_split="test")
         c.reward.reference_split = "train"
@@ -57,6 +64,12 @@ def get_config(variant: str = "sft") -> ml_collections.ConfigDict:
     if variant == "sft":
         c.optim.update(learning_rate=1e-5, warmup_steps=50, weight_decay=0.0)
         c.train.num_steps = 3 * 51_000 // c.train.batch_size  # 3 epochs, as Alpaca
+    elif variant == "ppo":
+        c.data.max_prompt_len = 1536  # + 512 new tokens = max_len
+        c.optim.update(learning_rate=1e-6, value_learning_rate=5e-6, warmup_steps=10)
+        # 256 prompts per iteration, 4 minibatches of 64: both split over 64 or 256 chips.
+        c.train.update(batch_size=256, num_steps=256, eval_every=32, checkpoint_every=32)
+        c.ppo.update(max_new_tokens=512, minibatches=4, ptx_batch_size=64, kl_coef=0.02)
     else:
         c.optim.update(learning_rate=5e-6, warmup_steps=20, weight_decay=0.0)
         c.train.num_steps = 43_835 // c.train.batch_size  # one epoch
