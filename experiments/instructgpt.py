@@ -121,7 +121,10 @@ def reward_config(config, workdir: str) -> ml_collections.ConfigDict:
     c.data.jsonl_files = ml_collections.ConfigDict(
         {s: os.path.join(workdir, "rank", f"{s}.jsonl") for s in ("train", "heldout")}
     )
-    c.model.update(sft_dir=os.path.join(workdir, "sft_small", "model"), dropout_rate=0.0)
+    # The paper used one 6B RM for every policy size: `rm.sft_size` picks the SFT model it starts
+    # from (the PPO policy is always the small SFT model).
+    sft_dir = os.path.join(workdir, f"sft_{config.rm.sft_size}", "model")
+    c.model.update(sft_dir=sft_dir, dropout_rate=0.0)
     # Normalisation: the labelers' demonstrations score mean 0, as in the paper.
     c.reward.update(reference_name="instruction_world/sft", reference_split="train")
     _common(c, config, config.rm.steps, config.rm.batch_size, config.rm.learning_rate)
@@ -145,6 +148,7 @@ def ppo_config(config, workdir: str, ptx: bool) -> ml_collections.ConfigDict:
         max_new_tokens=config.max_new_tokens,
         kl_coef=p.kl_coef,
         eval_batches=1,
+        value_model=p.value_model,
     )
     c.ptx.update(name="instruction_world/pretrain", split="train", eval_split="validation")
     _common(c, config, p.iterations, p.batch_size, p.learning_rate)

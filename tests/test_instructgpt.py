@@ -64,6 +64,25 @@ def test_few_shot_prompts_add_two_solved_tasks_of_the_same_family():
     assert instructgpt.few_shot_prompt(shot, rng) == shot  # already few-shot
 
 
+def test_stage_configs_follow_the_rm_size_and_value_model_knobs(tmp_path):
+    config = presets.get_config("smoke")
+    assert instructgpt.reward_config(config, str(tmp_path)).model.sft_dir.endswith(
+        "sft_small/model"
+    )
+    assert instructgpt.ppo_config(config, str(tmp_path), ptx=False).ppo.value_model == "reward"
+    config.rm.sft_size, config.ppo.value_model = "large", "policy_head"
+    assert instructgpt.reward_config(config, str(tmp_path)).model.sft_dir.endswith(
+        "sft_large/model"
+    )
+    assert instructgpt.ppo_config(config, str(tmp_path), ptx=True).ppo.value_model == "policy_head"
+
+
+def test_until_names_a_stage(tmp_path):
+    with pytest.raises(ValueError, match="Unknown stage until='pretrain'.*pretrain_small"):
+        instructgpt.run(presets.get_config("smoke"), str(tmp_path), until="pretrain")
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
+
+
 @pytest.mark.slow
 def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(tmp_path):
     workdir = tmp_path / "igpt"
