@@ -345,6 +345,7 @@ def _jit_library_step(forward, params, batch: dict, seed: int):
 
     def run():  # the state carries on from run to run, as in training
         holder[0], metrics = compiled(holder[0], batch, rng)
+        jax.block_until_ready(holder[0])
         return jax.block_until_ready(metrics)
 
     return run, compile_s, compiled
