@@ -275,6 +275,11 @@ def stage_rank(config, workdir: str, out: str) -> dict:
     }
 
 
+def _gold_agreement(winner_gold: float, loser_gold: float) -> float:
+    """1 when the gold score orders a labelled pair as the labeler did, 0.5 on a tie, else 0."""
+    return 1.0 if winner_gold > loser_gold else 0.5 if winner_gold == loser_gold else 0.0
+
+
 def _gold_order_accuracy(records: list[dict], totals: list[list[float]]) -> float:
     """Share of labelled pairs whose order the gold score agrees with (ties count half)."""
     hits = pairs = 0.0
@@ -284,7 +289,7 @@ def _gold_order_accuracy(records: list[dict], totals: list[list[float]]) -> floa
             for j in range(len(rank)):
                 if rank[i] < rank[j]:  # the labeler put i above j
                     pairs += 1
-                    hits += 1.0 if row[i] > row[j] else 0.5 if row[i] == row[j] else 0.0
+                    hits += _gold_agreement(row[i], row[j])
     return hits / max(pairs, 1.0)
 
 
@@ -310,9 +315,7 @@ def stage_rm_families(config, workdir: str, out: str) -> dict:
         row = counts.setdefault(family, [0.0, 0.0, 0.0])
         for winner, loser in np.asarray(record["pairs"]).reshape(-1, 2):
             row[0] += float(rm_scores[winner] > rm_scores[loser])
-            row[1] += (
-                1.0 if gold[winner] > gold[loser] else 0.5 if gold[winner] == gold[loser] else 0.0
-            )
+            row[1] += _gold_agreement(gold[winner], gold[loser])
             row[2] += 1.0
     return {
         "by_family": {
