@@ -143,7 +143,9 @@ def _timed(fn: Callable[[], object], repeats: int) -> Timings:
         times.append(time.perf_counter() - start)
     peak = _rss_kib("VmHWM")
     if reset and before is not None and peak is not None:
-        times.peak_rss_growth_mib = (peak - before) / 1024
+        # The kernel's RSS counters are batched per CPU and can lag by a few pages, so a workload
+        # that allocates nothing may read a page below its start: that is zero growth.
+        times.peak_rss_growth_mib = max(0.0, (peak - before) / 1024)
     return times
 
 
