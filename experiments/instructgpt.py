@@ -99,7 +99,11 @@ def pretrain_config(config, workdir: str, size: str) -> ml_collections.ConfigDic
     c.tokenizer.path = os.path.join(workdir, "world", "tokenizer")
     c.model.update(init="scratch", max_len=config.max_len, dropout_rate=0.0, **config.models[size])
     _common(
-        c, config, config.pretrain.steps, config.pretrain.batch_size, config.pretrain.learning_rate
+        c,
+        config,
+        config.pretrain.steps[size],
+        config.pretrain.batch_size,
+        config.pretrain.learning_rate,
     )
     return c
 
@@ -110,7 +114,7 @@ def sft_config(config, workdir: str, size: str) -> ml_collections.ConfigDict:
     base = os.path.join(workdir, f"pretrain_{size}", "model")
     c.tokenizer.path = base
     c.model.update(init="pretrained", name_or_path=base, max_len=config.max_len, dropout_rate=0.0)
-    _common(c, config, config.sft.steps, config.sft.batch_size, config.sft.learning_rate)
+    _common(c, config, config.sft.steps[size], config.sft.batch_size, config.sft.learning_rate)
     return c
 
 

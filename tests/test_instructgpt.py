@@ -45,8 +45,9 @@ def test_presets_keep_the_larger_model_at_least_4x_the_smaller():
         config = presets.get_config(preset)
         counts = {}
         for size in ("small", "large"):
-            model_config = TransformerConfig.gpt2(
-                vocab_size=config.tokenizer_vocab, max_len=config.max_len, **config.models[size]
+            sizes = dict(config.models[size])
+            model_config = getattr(TransformerConfig, sizes.pop("family"))(
+                vocab_size=config.tokenizer_vocab, max_len=config.max_len, **sizes
             )
             params, _ = state_lib.init_variables(CausalLM(model_config), 8, seed=0)
             counts[size] = sum(x.size for x in jax.tree.leaves(params))
