@@ -38,7 +38,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
                 pretrain_validation=256,
                 sft=3_000,
                 sft_validation=128,
-                rm=1_000,
+                rm=3_000,
                 ppo=2_000,
                 test=256,
             ),
@@ -69,10 +69,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
             heldout_fraction=0.2,
         )
     )
-    # About 1.5 epochs of the rankings: more overfits them (held-out loss rises).
+    # About 2.3 epochs of the ~2,070 ranked training prompts. From 1,000 ranked prompts (100 steps at 5e-4) the
+    # RM overfitted them at 56.5% held out; 3,000 prompts at 200 / 300 steps of 3e-4 gave 58.8% /
+    # 60.3% (sampling and ranking 2,000 more prompts costs ~20 s, each RM step ~0.6 s).
     # sft_size: the SFT model the RM starts from ("small" or "large").
     c.rm = ml_collections.ConfigDict(
-        dict(steps=100, batch_size=16, learning_rate=5e-4, sft_size="small")
+        dict(steps=300, batch_size=16, learning_rate=3e-4, sft_size="small")
     )
     c.ppo = ml_collections.ConfigDict(
         dict(
