@@ -69,9 +69,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
             heldout_fraction=0.2,
         )
     )
-    # About 2.3 epochs of the ~2,070 ranked training prompts. From 1,000 ranked prompts (100 steps at 5e-4) the
-    # RM overfitted them at 56.5% held out; 3,000 prompts at 200 / 300 steps of 3e-4 gave 58.8% /
-    # 60.3% (sampling and ranking 2,000 more prompts costs ~20 s, each RM step ~0.6 s).
+    # About 2.3 epochs of the ~2,070 ranked training prompts. From 1,000 ranked prompts (100
+    # steps at 5e-4) the RM overfitted them at 56.5% held out; 3,000 prompts at 200 / 300 steps of
+    # 3e-4 gave 58.8% / 60.3% (ranking 2,000 more prompts costs ~20 s, each RM step ~0.6 s).
     # sft_size: the SFT model the RM starts from ("small" or "large").
     c.rm = ml_collections.ConfigDict(
         dict(steps=300, batch_size=16, learning_rate=3e-4, sft_size="small")
