@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import benchmark, instructgpt
+from experiments import benchmark, common, instructgpt
 from experiments.configs import instructgpt as presets
 from rlhf_jax.world import tasks
 
@@ -38,17 +38,16 @@ def test_entry_points_share_one_process_without_flag_clashes():
 
 
 def test_presets_keep_the_larger_model_at_least_4x_the_smaller():
-    from rlhf_jax.models import CausalLM, TransformerConfig
+    from rlhf_jax.models import CausalLM
     from rlhf_jax.training import state as state_lib
 
     for preset in ("default", "smoke"):
         config = presets.get_config(preset)
         counts = {}
         for size in ("small", "large"):
-            sizes = dict(config.models[size])
-            model_config = getattr(TransformerConfig, sizes.pop("family"))(
-                vocab_size=config.tokenizer_vocab, max_len=config.max_len, **sizes
-            )
+            # The model config the pretraining stage builds from the preset.
+            stage = instructgpt.pretrain_config(config, "/unused", size)
+            model_config = common.scratch_model_config(stage.model, config.tokenizer_vocab)
             params, _ = state_lib.init_variables(CausalLM(model_config), 8, seed=0)
             counts[size] = sum(x.size for x in jax.tree.leaves(params))
         assert counts["large"] >= 4 * counts["small"], (preset, counts)

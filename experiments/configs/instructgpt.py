@@ -7,6 +7,8 @@ r"""Presets of the end-to-end InstructGPT job on the synthetic instruction world
 that the pipeline and its report work. Any field can be overridden with --config.<field>=value.
 """
 
+import math
+
 import ml_collections
 
 
@@ -14,7 +16,7 @@ def _model(
     num_layers: int, num_heads: int, embed_dim: int, family: str = "llama"
 ) -> ml_collections.ConfigDict:
     """Model sizes; Llama's SwiGLU MLP is 8/3 x embed_dim wide (as many weights as 4x GELU)."""
-    mlp_dim = 4 * embed_dim if family == "gpt2" else -(-8 * embed_dim // 24) * 8
+    mlp_dim = 4 * embed_dim if family == "gpt2" else 8 * math.ceil(embed_dim / 3)
     return ml_collections.ConfigDict(
         dict(
             family=family,
