@@ -12,18 +12,15 @@ import math
 import ml_collections
 
 
-def _model(
-    num_layers: int, num_heads: int, embed_dim: int, family: str = "llama"
-) -> ml_collections.ConfigDict:
-    """Model sizes; Llama's SwiGLU MLP is 8/3 x embed_dim wide (as many weights as 4x GELU)."""
-    mlp_dim = 4 * embed_dim if family == "gpt2" else 8 * math.ceil(embed_dim / 3)
+def _model(num_layers: int, num_heads: int, embed_dim: int) -> ml_collections.ConfigDict:
+    """Llama-family sizes; the SwiGLU MLP is 8/3 x embed_dim wide (as many weights as 4x GELU)."""
     return ml_collections.ConfigDict(
         dict(
-            family=family,
+            family="llama",
             num_layers=num_layers,
             num_heads=num_heads,
             embed_dim=embed_dim,
-            mlp_dim=mlp_dim,
+            mlp_dim=8 * math.ceil(embed_dim / 3),
         )
     )
 
