@@ -35,6 +35,7 @@ the compiled program's temporary buffers), the torch figures and `speedup_jax_ov
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -55,6 +56,12 @@ _WORKLOADS = flags.DEFINE_list(
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs after one warm-up run (median reported).")
 _THREADS = flags.DEFINE_integer("threads", 2, "PyTorch intra-op threads (the machine's cores).")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time transformers/PyTorch when torch is installed.")
+_TORCH_DEVICE = flags.DEFINE_enum(
+    "torch_device",
+    "auto",
+    ["auto", "cpu", "cuda"],
+    "Where PyTorch runs: auto = cuda when JAX runs on a GPU and torch sees one, else cpu.",
+)
 _TABLE = flags.DEFINE_bool("table", True, "After the JSON lines, print them as a markdown table.")
 _MATMULS = flags.DEFINE_bool(
     "matmuls",
@@ -78,6 +85,19 @@ PRESETS = {
         batch=16,
         prompt=64,
         new=64,
+        epochs=4,
+        minibatches=4,
+    ),
+    # GPT-2 small (124M parameters) with 256-token sequences: sizes where a GPU is not idle.
+    "gpt2": dict(
+        layers=12,
+        heads=12,
+        width=768,
+        vocab=50257,
+        context=256,
+        batch=16,
+        prompt=128,
+        new=128,
         epochs=4,
         minibatches=4,
     ),
@@ -129,6 +149,7 @@ class Timings(list):
     and temporaries; None where it cannot be measured)."""
 
     peak_rss_growth_mib: float | None = None
+    device_peak_mib: float | None = None  # PyTorch on CUDA: peak allocated GPU memory
 
 
 def _timed(fn: Callable[[], object], repeats: int) -> Timings:
@@ -151,7 +172,7 @@ def _timed(fn: Callable[[], object], repeats: int) -> Timings:
 
 def _summary(times: Timings, work: float, unit: str) -> dict:
     median = statistics.median(times)
-    return {
+    summary = {
         f"{unit}_per_s": work / median,
         "median_s": median,
         "min_s": min(times),
@@ -159,14 +180,19 @@ def _summary(times: Timings, work: float, unit: str) -> dict:
         "runs": len(times),
         "peak_rss_growth_mib": times.peak_rss_growth_mib,
     }
+    if times.device_peak_mib is not None:
+        summary["device_peak_mib"] = times.device_peak_mib
+    return summary
 
 
-def matmul_flops_per_s(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5) -> float:
+def matmul_flops_per_s(sizes: tuple[int, ...] | None = None, repeats: int = 5) -> float:
     """The machine's measured float32 matmul rate in FLOP/s: the best median over square
-    `jnp.dot`s of the given sizes."""
+    `jnp.dot`s of the given sizes (default 1024 and 2048 on a CPU, 4096 and 8192 on a GPU)."""
     import jax
     import jax.numpy as jnp
 
+    if sizes is None:
+        sizes = (1024, 2048) if jax.default_backend() == "cpu" else (4096, 8192)
     rates = []
     for size in sizes:
         a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
@@ -239,6 +265,66 @@ def _jax_stats(times, work, unit, compiled, compile_s, flops, peak) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class TorchSide:
+    """Where the PyTorch baseline runs: `threads` intra-op threads (CPU) and `device` ("cpu" or
+    "cuda"). On CUDA every timed call ends with a synchronize, so the wall clock holds the GPU
+    work, and the peak allocated GPU memory of the timed calls is reported."""
+
+    threads: int = 2
+    device: str = "cpu"
+
+    def tensor(self, array, dtype=None):
+        import torch
+
+        return torch.tensor(
+            array, dtype=dtype, device=self.device
+        )  # a copy: inputs may be read-only
+
+    def timed(self, fn: Callable[[], object], repeats: int) -> Timings:
+        if self.device == "cpu":
+            return _timed(fn, repeats)
+        import torch
+
+        def synced():
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+
+        synced()
+        torch.cuda.reset_peak_memory_stats()
+        times = _timed(synced, repeats)
+        times.device_peak_mib = torch.cuda.max_memory_allocated() / 2**20
+        return times
+
+    def versions(self) -> dict:
+        import torch
+        import transformers
+
+        return dict(
+            threads=self.threads,
+            device=self.device,
+            version=torch.__version__,
+            transformers=transformers.__version__,
+        )
+
+
+def resolve_torch_device(choice: str) -> str:
+    """ "cpu" or "cuda" for --torch_device (auto: cuda when JAX runs on a GPU and torch sees one).
+
+    Raises:
+      ValueError: "cuda" asked for where torch sees no CUDA device.
+    """
+    import jax
+    import torch
+
+    if choice == "auto":
+        return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--torch_device=cuda but torch sees no CUDA device.")
+    return choice
+
+
 def _torch_available() -> bool:
     try:
         import torch  # noqa: F401
@@ -248,27 +334,21 @@ def _torch_available() -> bool:
     return True
 
 
-def _torch_versions(threads: int) -> dict:
-    import torch
-    import transformers
-
-    return dict(threads=threads, version=torch.__version__, transformers=transformers.__version__)
-
-
 @contextlib.contextmanager
-def _torch_lm(cfg, params) -> Iterator[Any]:
-    """A transformers causal LM with `params` (rlhf_jax CausalLM variables), in train mode off."""
+def _torch_lm(cfg, params, side: TorchSide) -> Iterator[Any]:
+    """A transformers causal LM with `params` (rlhf_jax CausalLM variables) on `side.device`, in
+    eval mode."""
     import transformers
 
     from rlhf_jax.models import hf
 
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp, cfg, params, bos_token_id=0, eos_token_id=0)
-        yield transformers.AutoModelForCausalLM.from_pretrained(tmp).eval()
+        yield transformers.AutoModelForCausalLM.from_pretrained(tmp).to(side.device).eval()
 
 
 @contextlib.contextmanager
-def _torch_scalar(cfg, params) -> Iterator[tuple[Any, Any]]:
+def _torch_scalar(cfg, params, side: TorchSide) -> Iterator[tuple[Any, Any]]:
     """(transformers base model, torch Linear head) holding a ScalarModel's variables."""
     import numpy as np
     import torch
@@ -279,8 +359,8 @@ def _torch_scalar(cfg, params) -> Iterator[tuple[Any, Any]]:
     decoder_only = {"params": {"decoder": params["params"]["decoder"]}}
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp, cfg, decoder_only, bos_token_id=0, eos_token_id=0)
-        base = transformers.AutoModel.from_pretrained(tmp).eval()
-    head = torch.nn.Linear(cfg.embed_dim, 1)
+        base = transformers.AutoModel.from_pretrained(tmp).to(side.device).eval()
+    head = torch.nn.Linear(cfg.embed_dim, 1, device=side.device)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(np.asarray(params["params"]["head"]["kernel"]).T))
         head.bias.copy_(torch.from_numpy(np.asarray(params["params"]["head"]["bias"])))
@@ -353,7 +433,7 @@ def _jit_library_step(forward, params, batch: dict, seed: int):
     return run, compile_s, compiled
 
 
-def bench_sft(preset: dict, repeats: int, threads: int, with_torch: bool, peak: float):
+def bench_sft(preset: dict, repeats: int, side: TorchSide, with_torch: bool, peak: float):
     """(a): SFT tokens/s, one AdamW step on 16 sequences x 256 tokens, loss on the second half."""
     import numpy as np
 
@@ -381,19 +461,18 @@ def bench_sft(preset: dict, repeats: int, threads: int, with_torch: bool, peak: 
         ),
     }
     if with_torch:
-        result["torch"], torch_losses = _torch_sft(cfg, params, tokens, loss_mask, repeats, threads)
+        result["torch"], torch_losses = _torch_sft(cfg, params, tokens, loss_mask, repeats, side)
         result["loss_abs_diff_vs_torch"] = _max_abs_diff(first_losses, torch_losses)
     return result
 
 
-def _torch_sft(cfg, params, tokens, loss_mask, repeats: int, threads: int):
+def _torch_sft(cfg, params, tokens, loss_mask, repeats: int, side: TorchSide):
     """((a) stats, losses of the first two steps) for the same step in transformers/PyTorch."""
     import torch
 
-    torch.set_num_threads(threads)
-    ids = torch.tensor(tokens, dtype=torch.long)
-    labels = ids.masked_fill(~torch.from_numpy(loss_mask), -100)  # -100: no loss there
-    with _torch_lm(cfg, params) as model:
+    ids = side.tensor(tokens, torch.long)
+    labels = ids.masked_fill(~side.tensor(loss_mask), -100)  # -100: no loss there
+    with _torch_lm(cfg, params, side) as model:
         model.train()  # dropout is 0 in the config
         opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
 
@@ -405,11 +484,11 @@ def _torch_sft(cfg, params, tokens, loss_mask, repeats: int, threads: int):
             return loss.item()
 
         first_losses = [run() for _ in range(2)]
-        stats = _summary(_timed(run, repeats), ids.numel(), "tokens")
-    return {**stats, **_torch_versions(threads)}, first_losses
+        stats = _summary(side.timed(run, repeats), ids.numel(), "tokens")
+    return {**stats, **side.versions()}, first_losses
 
 
-def bench_reward(preset: dict, repeats: int, threads: int, with_torch: bool, peak: float):
+def bench_reward(preset: dict, repeats: int, side: TorchSide, with_torch: bool, peak: float):
     """(b): RM pairs/s, one AdamW step on 16 comparisons of two 256-token sequences, each scored
     once, pairwise loss -log sigmoid(r_w - r_l)."""
     import numpy as np
@@ -435,19 +514,18 @@ def bench_reward(preset: dict, repeats: int, threads: int, with_torch: bool, pea
         "jax": _jax_stats(_timed(run, repeats), pairs, "pairs", compiled, compile_s, flops, peak),
     }
     if with_torch:
-        result["torch"], torch_losses = _torch_reward(cfg, params, tokens, repeats, threads)
+        result["torch"], torch_losses = _torch_reward(cfg, params, tokens, repeats, side)
         result["loss_abs_diff_vs_torch"] = _max_abs_diff(first_losses, torch_losses)
     return result
 
 
-def _torch_reward(cfg, params, tokens, repeats: int, threads: int):
+def _torch_reward(cfg, params, tokens, repeats: int, side: TorchSide):
     """((b) stats, losses of the first two steps) for the same step in transformers/PyTorch."""
     import torch
 
-    torch.set_num_threads(threads)
     pairs, _, seq = tokens.shape
-    ids = torch.tensor(tokens.reshape(2 * pairs, seq), dtype=torch.long)
-    with _torch_scalar(cfg, params) as (base, head):
+    ids = side.tensor(tokens.reshape(2 * pairs, seq), torch.long)
+    with _torch_scalar(cfg, params, side) as (base, head):
         base.train()  # dropout is 0 in the config
         head.bias.requires_grad_(False)  # as rlhf_jax: the bias is set after training
         trained = [*base.parameters(), head.weight]
@@ -462,11 +540,11 @@ def _torch_reward(cfg, params, tokens, repeats: int, threads: int):
             return loss.item()
 
         first_losses = [run() for _ in range(2)]
-        stats = _summary(_timed(run, repeats), pairs, "pairs")
-    return {**stats, **_torch_versions(threads)}, first_losses
+        stats = _summary(side.timed(run, repeats), pairs, "pairs")
+    return {**stats, **side.versions()}, first_losses
 
 
-def bench_generation(preset: dict, repeats: int, threads: int, with_torch: bool, peak: float):
+def bench_generation(preset: dict, repeats: int, side: TorchSide, with_torch: bool, peak: float):
     """(c): new tokens/s of sampling 16 x 64 new tokens after 64-token prompts."""
     import jax
     import numpy as np
@@ -496,16 +574,16 @@ def bench_generation(preset: dict, repeats: int, threads: int, with_torch: bool,
         ),
     }
     if with_torch:
-        result["torch"] = _torch_generation(cfg, params, tokens, new, repeats, threads)
+        result["torch"] = _torch_generation(cfg, params, tokens, new, repeats, side)
     return result
 
 
-def _torch_generation(cfg, params, tokens, new, repeats, threads) -> dict:
+def _torch_generation(cfg, params, tokens, new, repeats, side: TorchSide) -> dict:
     import torch
 
-    with _torch_lm(cfg, params) as model:
+    with _torch_lm(cfg, params, side) as model:
         model.generation_config.eos_token_id = None  # never stop early: all tokens for every row
-        input_ids = torch.tensor(tokens, dtype=torch.long)
+        input_ids = side.tensor(tokens, torch.long)
         attention = torch.ones_like(input_ids)
 
         def run():
@@ -524,8 +602,8 @@ def _torch_generation(cfg, params, tokens, new, repeats, threads) -> dict:
             assert out.shape[1] == tokens.shape[1] + new
             return out
 
-        stats = _summary(_timed(run, repeats), tokens.shape[0] * new, "tokens")
-    return {**stats, **_torch_versions(threads)}
+        stats = _summary(side.timed(run, repeats), tokens.shape[0] * new, "tokens")
+    return {**stats, **side.versions()}
 
 
 def _scoring_setup(preset: dict) -> dict:
@@ -589,7 +667,7 @@ def _scoring_flops(cfg, batch: int, seq: int, prompt_len: int) -> float:
     )
 
 
-def bench_scoring(preset: dict, repeats: int, threads: int, with_torch: bool, peak: float):
+def bench_scoring(preset: dict, repeats: int, side: TorchSide, with_torch: bool, peak: float):
     """(d): policy and reference log-probs, values and RM scores of 16 x 128-token sequences."""
     import jax
 
@@ -608,26 +686,25 @@ def bench_scoring(preset: dict, repeats: int, threads: int, with_torch: bool, pe
         ),
     }
     if with_torch:
-        result["torch"], torch_out = _torch_scoring(setup, prompt_len, repeats, threads)
+        result["torch"], torch_out = _torch_scoring(setup, prompt_len, repeats, side)
         # Same weights, same numbers: a benchmark of two different computations would mislead.
         jax_out = jax.device_get(compiled(params, tokens))
         result["max_abs_diff_vs_torch"] = max(
-            float(abs(a - b.numpy()).max()) for a, b in zip(jax_out, torch_out, strict=True)
+            float(abs(a - b.cpu().numpy()).max()) for a, b in zip(jax_out, torch_out, strict=True)
         )
     return result
 
 
-def _torch_scoring(setup: dict, prompt_len: int, repeats: int, threads: int):
+def _torch_scoring(setup: dict, prompt_len: int, repeats: int, side: TorchSide):
     import torch
 
-    torch.set_num_threads(threads)
     cfg, params = setup["cfg"], setup["params"]
-    ids = torch.tensor(setup["tokens_bs"], dtype=torch.long)
+    ids = side.tensor(setup["tokens_bs"], torch.long)
     with (
-        _torch_lm(cfg, params["policy"]) as policy,
-        _torch_lm(cfg, params["reference"]) as reference,
-        _torch_scalar(cfg, params["value"]) as (value_base, value_head),
-        _torch_scalar(cfg, params["reward"]) as (reward_base, reward_head),
+        _torch_lm(cfg, params["policy"], side) as policy,
+        _torch_lm(cfg, params["reference"], side) as reference,
+        _torch_scalar(cfg, params["value"], side) as (value_base, value_head),
+        _torch_scalar(cfg, params["reward"], side) as (reward_base, reward_head),
     ):
 
         def run():
@@ -639,12 +716,12 @@ def _torch_scoring(setup: dict, prompt_len: int, repeats: int, threads: int):
                 scores = reward_head(hidden)[:, 0]
             return logprobs, ref_logprobs, values, scores
 
-        stats = _summary(_timed(run, repeats), ids.shape[0], "sequences")
+        stats = _summary(side.timed(run, repeats), ids.shape[0], "sequences")
         outputs = run()
-    return {**stats, **_torch_versions(threads)}, outputs
+    return {**stats, **side.versions()}, outputs
 
 
-def bench_ppo_update(preset: dict, repeats: int, threads: int, with_torch: bool, peak: float):
+def bench_ppo_update(preset: dict, repeats: int, side: TorchSide, with_torch: bool, peak: float):
     """(e): the PPO update over a rollout of 16 x (64 + 64): E epochs x M minibatches."""
     import jax
     import jax.numpy as jnp
@@ -710,26 +787,25 @@ def bench_ppo_update(preset: dict, repeats: int, threads: int, with_torch: bool,
         "jax": _jax_stats(_timed(run, repeats), work, "tokens", compiled, compile_s, flops, peak),
     }
     if with_torch:
-        result["torch"] = _torch_ppo_update(setup, data, preset, repeats, threads)
+        result["torch"] = _torch_ppo_update(setup, data, preset, repeats, side)
     return result
 
 
-def _torch_ppo_update(setup: dict, data: dict, preset: dict, repeats: int, threads: int) -> dict:
+def _torch_ppo_update(setup: dict, data: dict, preset: dict, repeats: int, side: TorchSide) -> dict:
     """The same update in plain PyTorch: GAE, then per minibatch one AdamW step of each model."""
     import torch
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg, params, prompt_len = setup["cfg"], setup["params"], preset["prompt"]
     epochs, minibatches = preset["epochs"], preset["minibatches"]
-    ids = torch.tensor(data["tokens_bs"], dtype=torch.long)
-    old_logprobs = torch.from_numpy(data["logprobs_bn"])
-    old_values = torch.from_numpy(data["values_bn"])
-    rewards = torch.from_numpy(data["rewards_bn"])
+    ids = side.tensor(data["tokens_bs"], torch.long)
+    old_logprobs = side.tensor(data["logprobs_bn"])
+    old_values = side.tensor(data["values_bn"])
+    rewards = side.tensor(data["rewards_bn"])
     rows, steps = old_logprobs.shape
     with (
-        _torch_lm(cfg, params["policy"]) as policy,
-        _torch_scalar(cfg, params["value"]) as (value_base, value_head),
+        _torch_lm(cfg, params["policy"], side) as policy,
+        _torch_scalar(cfg, params["value"], side) as (value_base, value_head),
     ):
         value_params = [*value_base.parameters(), *value_head.parameters()]
         policy_opt = torch.optim.AdamW(policy.parameters(), lr=LEARNING_RATE)
@@ -738,16 +814,16 @@ def _torch_ppo_update(setup: dict, data: dict, preset: dict, repeats: int, threa
         def run():
             with torch.no_grad():  # GAE (gamma = 1) and whitening, once per rollout
                 advantages = torch.zeros_like(rewards)
-                last = torch.zeros(rows)
+                last = torch.zeros(rows, device=side.device)
                 for t in reversed(range(steps)):
-                    next_value = old_values[:, t + 1] if t + 1 < steps else torch.zeros(rows)
+                    next_value = old_values[:, t + 1] if t + 1 < steps else torch.zeros_like(last)
                     delta = rewards[:, t] + next_value - old_values[:, t]
                     last = delta + LAM * last
                     advantages[:, t] = last
                 returns = advantages + old_values
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
             for _ in range(epochs):
-                for mb in torch.randperm(rows).chunk(minibatches):
+                for mb in torch.randperm(rows, device=side.device).chunk(minibatches):
                     logprobs, logits = _torch_response_logprobs(policy, ids[mb], prompt_len)
                     ratio = torch.exp(logprobs - old_logprobs[mb])
                     adv = advantages[mb]
@@ -776,8 +852,8 @@ def _torch_ppo_update(setup: dict, data: dict, preset: dict, repeats: int, threa
 
         policy.train()  # dropout is 0 in the config
         value_base.train()
-        stats = _summary(_timed(run, repeats), epochs * rows * ids.shape[1], "tokens")
-    return {**stats, **_torch_versions(threads)}
+        stats = _summary(side.timed(run, repeats), epochs * rows * ids.shape[1], "tokens")
+    return {**stats, **side.versions()}
 
 
 def matmul_shapes(preset: dict) -> list[tuple[str, int, int, int, bool]]:
@@ -791,13 +867,11 @@ def matmul_shapes(preset: dict) -> list[tuple[str, int, int, int, bool]]:
     return shapes
 
 
-def bench_matmuls(preset: dict, repeats: int, threads: int) -> list[dict]:
+def bench_matmuls(preset: dict, repeats: int, side: TorchSide) -> list[dict]:
     """GFLOP/s of each `matmul_shapes` product in XLA (jitted) and torch, same operands."""
     import jax
     import numpy as np
-    import torch
 
-    torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     results = []
     for name, m, k, n, transposed in matmul_shapes(preset):
@@ -805,9 +879,9 @@ def bench_matmuls(preset: dict, repeats: int, threads: int) -> list[dict]:
         w = rng.standard_normal((n, k) if transposed else (k, n), np.float32)
         product = (lambda a, b: a @ b.T) if transposed else (lambda a, b: a @ b)
         jitted, (xj, wj) = jax.jit(product), jax.device_put((x, w))
-        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        xt, wt = side.tensor(x), side.tensor(w)
         jax_s = statistics.median(_timed(lambda: jitted(xj, wj).block_until_ready(), repeats))  # noqa: B023
-        torch_s = statistics.median(_timed(lambda: product(xt, wt), repeats))  # noqa: B023
+        torch_s = statistics.median(side.timed(lambda: product(xt, wt), repeats))  # noqa: B023
         flops = 2 * m * k * n
         results.append(
             {
@@ -830,43 +904,69 @@ WORKLOADS = {
 }
 
 
-def run_workloads(names: list[str], preset_name: str, repeats: int, threads: int, with_torch: bool):
-    """Yields one result dict per workload (the JSON lines `main` prints)."""
+def _torch_side(threads: int, device: str) -> TorchSide:
+    import torch
+
+    torch.set_num_threads(threads)
+    return TorchSide(threads=threads, device=resolve_torch_device(device))
+
+
+def run_workloads(
+    names: list[str],
+    preset_name: str,
+    repeats: int,
+    threads: int,
+    with_torch: bool,
+    torch_device: str = "auto",
+):
+    """Yields one result dict per workload (the JSON lines `main` prints).
+
+    On a GPU, JAX's float32 matmuls run at full float32 precision ("highest"; XLA would otherwise
+    use TF32 there) because PyTorch's do by default: both sides compute the same numbers.
+    """
     import jax
 
     unknown = sorted(set(names) - set(WORKLOADS))
     if unknown:
         raise ValueError(f"Unknown workloads {unknown}; choose from {sorted(WORKLOADS)}.")
     with_torch = with_torch and _torch_available()
-    if with_torch:
-        import torch
-
-        torch.set_num_threads(threads)
+    side = _torch_side(threads, torch_device) if with_torch else TorchSide(threads)
     if preset_name not in PRESETS:
         raise ValueError(
             f"Unknown benchmark preset {preset_name!r}; expected one of {list(PRESETS)}."
         )
     preset = PRESETS[preset_name]
-    peak = matmul_flops_per_s()
+    precision = "default" if jax.default_backend() == "cpu" else "highest"
+    with jax.default_matmul_precision(precision):
+        peak = matmul_flops_per_s()
     for name in names:
-        result = WORKLOADS[name](preset, repeats, threads, with_torch, peak)
-        if with_torch:
-            rate = next(k for k in result["torch"] if k.endswith("_per_s"))  # the workload's unit
-            result["speedup_jax_over_torch"] = result["jax"][rate] / result["torch"][rate]
-        else:
-            result["torch"] = None
-            result["torch_note"] = "torch/transformers not installed (or --notorch)"
-        result.update(
-            shape=dict(preset),
-            preset=preset_name,
-            device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
-            jax_device_count=jax.device_count(),
-            matmul_fp32_flops_per_s=peak,
-            date=datetime.date.today().isoformat(),
-            machine=f"{platform.machine()} {os.cpu_count()} cpus, {platform.processor() or '?'}",
-            jax_version=jax.__version__,
-        )
+        with jax.default_matmul_precision(precision):
+            result = _one_workload(name, preset, preset_name, repeats, side, with_torch, peak)
         yield result
+
+
+def _one_workload(name, preset, preset_name, repeats, side, with_torch, peak) -> dict:
+    import jax
+
+    result = WORKLOADS[name](preset, repeats, side, with_torch, peak)
+    if with_torch:
+        rate = next(k for k in result["torch"] if k.endswith("_per_s"))  # the workload's unit
+        result["speedup_jax_over_torch"] = result["jax"][rate] / result["torch"][rate]
+    else:
+        result["torch"] = None
+        result["torch_note"] = "torch/transformers not installed (or --notorch)"
+    result.update(
+        shape=dict(preset),
+        preset=preset_name,
+        device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
+        jax_device_count=jax.device_count(),
+        jax_fp32_matmul_precision=str(jax.config.jax_default_matmul_precision or "default"),
+        matmul_fp32_flops_per_s=peak,
+        date=datetime.date.today().isoformat(),
+        machine=f"{platform.machine()} {os.cpu_count()} cpus, {platform.processor() or '?'}",
+        jax_version=jax.__version__,
+    )
+    return result
 
 
 def _mib(value: float | None) -> str:
@@ -875,15 +975,21 @@ def _mib(value: float | None) -> str:
 
 def markdown_table(results: list[dict]) -> str:
     """The README's benchmark table from result dicts (or JSON lines read back). Memory is the
-    peak resident-memory growth during the timed runs (both sides) and, for rlhf_jax, the
-    compiled program's temporary buffers as XLA counts them."""
+    peak resident-memory growth during the timed runs (both sides), for rlhf_jax also the
+    compiled program's temporary buffers as XLA counts them, and for PyTorch on CUDA its peak
+    allocated GPU memory instead."""
     first = results[0]
+    torch_info = first.get("torch")
     lines = [
         f"{first['date']}, {first['machine']}, {first['device']}, jax {first['jax_version']}"
-        + (f", torch {first['torch']['version']}" if first.get("torch") else ""),
+        + (
+            f", torch {torch_info['version']} on {torch_info.get('device', 'cpu')}"
+            if torch_info
+            else ""
+        ),
         "",
         "| workload | unit | rlhf_jax median | run spread | compile | of fp32 matmul peak "
-        "| memory: RSS growth (XLA temp) | PyTorch median | run spread | PyTorch RSS growth "
+        "| memory: RSS growth (XLA temp) | PyTorch median | run spread | PyTorch memory "
         "| JAX / PyTorch |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -903,7 +1009,9 @@ def markdown_table(results: list[dict]) -> str:
             row += [
                 f"{t[rate]:,.0f}",
                 f"{t['min_s']:.3g}-{t['max_s']:.3g} s",
-                _mib(t.get("peak_rss_growth_mib")),
+                f"{_mib(t['device_peak_mib'])} GPU"
+                if "device_peak_mib" in t
+                else _mib(t.get("peak_rss_growth_mib")),
                 f"**{r['speedup_jax_over_torch']:.2f}x**",
             ]
         else:
@@ -921,7 +1029,8 @@ def main(argv):
         return
     if _MATMULS.value:
         preset = PRESETS[common.PRESET.value or "design"]
-        for row in bench_matmuls(preset, _REPEATS.value, _THREADS.value):
+        side = _torch_side(_THREADS.value, _TORCH_DEVICE.value)
+        for row in bench_matmuls(preset, _REPEATS.value, side):
             print(json.dumps(row), flush=True)
         return
     results = []
@@ -931,6 +1040,7 @@ def main(argv):
         _REPEATS.value,
         _THREADS.value,
         _TORCH.value,
+        _TORCH_DEVICE.value,
     ):
         print(json.dumps(result, sort_keys=True), flush=True)
         results.append(result)

@@ -50,3 +50,44 @@ def test_benchmark_prints_one_json_line_per_workload_with_torch_baseline():
     assert [row.split("|")[1].strip() for row in rows] == list(results)
     for row, result in zip(rows, results.values(), strict=True):
         assert f"{result['speedup_jax_over_torch']:.2f}x" in row
+
+
+def test_torch_follows_jax_onto_the_device_and_refuses_a_missing_gpu():
+    import pytest
+    import torch
+
+    from experiments import benchmark
+
+    # JAX runs on CPU here, so auto keeps torch on the CPU even where torch could see a GPU.
+    assert benchmark.resolve_torch_device("auto") == "cpu"
+    assert benchmark.resolve_torch_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            benchmark.resolve_torch_device("cuda")
+
+
+def test_table_reports_the_gpu_memory_of_a_cuda_baseline():
+    from experiments.benchmark import markdown_table
+
+    stats = dict(median_s=0.5, min_s=0.4, max_s=0.6, runs=5, peak_rss_growth_mib=0.0)
+    result = dict(
+        workload="a_sft_step",
+        unit="trained tokens/s",
+        jax=dict(
+            stats,
+            tokens_per_s=200.0,
+            model_flops_per_s=1e9,
+            compile_s=1.0,
+            fraction_of_matmul_peak=0.5,
+            xla_temp_mib=10.0,
+        ),
+        torch=dict(stats, tokens_per_s=100.0, device="cuda", device_peak_mib=1234.0, version="x"),
+        speedup_jax_over_torch=2.0,
+        date="2026-11-26",
+        machine="m",
+        device="gpu:H200",
+        jax_version="v",
+    )
+    table = markdown_table([result])
+    assert "torch x on cuda" in table.splitlines()[0]
+    assert "| 1,234 MiB GPU | **2.00x** |" in table
