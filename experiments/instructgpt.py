@@ -14,6 +14,8 @@ Stages, each in its own folder of the workdir and each reusing a stage module:
                   whose temperature gives the target inter-labeler agreement
   rm              the reward model from the small SFT model (experiments.reward)
   rm_families     its held-out accuracy per task family, beside the gold ordering's
+  best_of_n       N samples of the small SFT model per held-out prompt: the RM's pick and the
+                  gold labeler's pick against SFT's greedy answer (what reranking can gain)
   ppo, ppo_ptx    PPO and PPO-ptx from the small SFT model (experiments.ppo)
   evaluate        every model answers the held-out prompts; the gold labeler judges
   report          report.md, metrics.json and PNG plots in the workdir
@@ -25,6 +27,8 @@ a stage killed midway resumes from its checkpoints. Wall time per stage is print
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
 import time
@@ -96,6 +100,7 @@ def _common(stage, config, steps_, batch_size: int, learning_rate: float) -> Non
 def pretrain_config(config, workdir: str, size: str) -> ml_collections.ConfigDict:
     c = hh_tiny.get_config("sft")
     c.data = world_data(config, workdir, "pretrain", "train", "validation")
+    c.data.pack_documents = config.pretrain.get("pack_documents", False)
     c.tokenizer.path = os.path.join(workdir, "world", "tokenizer")
     c.model.update(init="scratch", max_len=config.max_len, dropout_rate=0.0, **config.models[size])
     _common(
@@ -297,24 +302,40 @@ def _gold_order_accuracy(records: list[dict], totals: list[list[float]]) -> floa
     return hits / max(pairs, 1.0)
 
 
+def _reward_scorer(config, workdir: str, max_responses: int):
+    """`scores(prompt, responses) -> float [len(responses)]`: the run's reward model on up to
+    `max_responses` responses of one prompt, tokenized as its training data was."""
+    data = reward_config(config, workdir).data
+    _, model_config, params = export.load_model(os.path.join(workdir, "rm", "model"))
+    tokenizer = Tokenizer.from_pretrained(os.path.join(workdir, "sft_small", "model"))
+    spec = dataclasses.replace(common.sequence_spec(data), max_responses=max_responses)
+    transform = pipeline.TokenizeComparison(tokenizer, spec)
+    model = ScalarModel(model_config)
+    score = jax.jit(lambda p, t, m: steps.reward_scores(model, p, t, m))
+    no_pairs = np.zeros((0, 2), np.int64)
+
+    def scores(prompt: str, responses: list[str]) -> np.ndarray:
+        element = transform.map({"prompt": prompt, "responses": responses, "pairs": no_pairs})
+        out = score(params, element["tokens_kt"][None], element["mask_kt"][None])
+        return np.asarray(out)[0, : len(responses)]
+
+    return scores
+
+
 def stage_rm_families(config, workdir: str, out: str) -> dict:
     """The reward model's held-out accuracy per task family, beside the gold ordering's (how
     often the gold score agrees with the labeler on those pairs; ties count half)."""
     del out
     data = reward_config(config, workdir).data
     source = common.open_split(data, data.eval_split)
-    _, model_config, params = export.load_model(os.path.join(workdir, "rm", "model"))
-    tokenizer = Tokenizer.from_pretrained(os.path.join(workdir, "sft_small", "model"))
-    transform = pipeline.TokenizeComparison(tokenizer, common.sequence_spec(data))
-    model = ScalarModel(model_config)
-    score = jax.jit(lambda p, t, m: steps.reward_scores(model, p, t, m))
+    reward_scores = _reward_scorer(config, workdir, config.rank.k_max)
     counts: dict[str, list[float]] = {}
     for i in range(len(source)):
-        record, element = source[i], transform.map(source[i])
-        tokens_bkt, mask_bkt = element["tokens_kt"][None], element["mask_kt"][None]
-        rm_scores = np.asarray(score(params, tokens_bkt, mask_bkt))[0]
+        record = source[i]
         prompt = pipeline.as_text(record["prompt"])
-        gold = [labeler.gold_score(prompt, pipeline.as_text(r)) for r in record["responses"]]
+        responses = [pipeline.as_text(r) for r in record["responses"]]
+        rm_scores = reward_scores(prompt, responses)
+        gold = [labeler.gold_score(prompt, r) for r in responses]
         family = tasks_lib.parse_task(prompt).family
         row = counts.setdefault(family, [0.0, 0.0, 0.0])
         for winner, loser in np.asarray(record["pairs"]).reshape(-1, 2):
@@ -326,6 +347,70 @@ def stage_rm_families(config, workdir: str, out: str) -> dict:
             f: {"rm_accuracy": r / n, "gold_order_accuracy": g / n, "pairs": int(n)}
             for f, (r, g, n) in sorted(counts.items())
         }
+    }
+
+
+def stage_best_of_n(config, workdir: str, out: str) -> dict:
+    """How much any reward could gain by choosing among the small SFT model's own samples.
+
+    N samples per held-out prompt at `best_of_n.temperature`; against the SFT model's greedy
+    answer (the report's baseline), the gold win rate of one sample, of the sample the reward
+    model scores highest, and of the sample the gold labeler scores highest (the headroom that
+    reranking N samples offers a perfect reward). Also the RM's accuracy on the sample pairs whose
+    gold totals differ, against the gold order itself (no labeler noise).
+    """
+    del out
+    n, temperature = config.best_of_n.n, config.best_of_n.temperature
+    prompts = [r["prompt"] for r in _records(config, workdir, "prompts", "test")]
+    sft_dir = os.path.join(workdir, "sft_small", "model")
+    answers = {}
+    for name, temp, asked, seed in (
+        ("greedy", config.eval.temperature, prompts, config.seed + 1),
+        ("samples", temperature, [p for p in prompts for _ in range(n)], config.seed + 2),
+    ):
+        sampler, params, tokenizer, _ = _sampler_for(sft_dir, temp, config.max_new_tokens)
+        answers[name] = generate_texts(
+            sampler,
+            params,
+            tokenizer,
+            asked,
+            batch_size=config.eval.batch_size,
+            max_prompt_len=config.max_prompt_len,
+            rng=jax.random.key(seed),
+        )
+    baseline = evaluation.judge(prompts, answers["greedy"])
+    flat = evaluation.judge([p for p in prompts for _ in range(n)], answers["samples"])
+    judged = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+    gold = np.asarray([[s.total for s in row] for row in judged])
+    reward_scores = _reward_scorer(config, workdir, n)
+    rm = np.stack(
+        [
+            reward_scores(p, [" " + t.strip() for t in answers["samples"][i * n : (i + 1) * n]])
+            for i, p in enumerate(prompts)
+        ]
+    )
+    hits = pairs = 0
+    for g_row, r_row in zip(gold, rm, strict=True):
+        for a, b in itertools.combinations(range(n), 2):
+            if not np.isclose(g_row[a], g_row[b]):
+                pairs += 1
+                hits += (r_row[a] > r_row[b]) == (g_row[a] > g_row[b])
+
+    def pick(choice: np.ndarray) -> dict:
+        chosen = [row[int(c)] for row, c in zip(judged, choice, strict=True)]
+        return evaluation.win_rate(chosen, baseline, seed=config.seed)
+
+    return {
+        "n": n,
+        "temperature": temperature,
+        "prompts": len(prompts),
+        "win_rate_vs_sft_greedy": {
+            "one_sample": pick(np.zeros(len(prompts), int)),
+            "rm_best": pick(rm.argmax(axis=1)),
+            "gold_best": pick(gold.argmax(axis=1)),
+        },
+        "rm_accuracy_on_gold_ordered_sample_pairs": hits / max(pairs, 1),
+        "gold_ordered_sample_pairs": pairs,
     }
 
 
@@ -432,6 +517,7 @@ def stages(config, workdir: str) -> list[tuple[str, object]]:
         ("rank", lambda out: stage_rank(config, workdir, out)),
         ("rm", lambda out: reward_experiment.run(reward_config(config, workdir), out)),
         ("rm_families", lambda out: stage_rm_families(config, workdir, out)),
+        ("best_of_n", lambda out: stage_best_of_n(config, workdir, out)),
         ("ppo", lambda out: ppo_experiment.run(ppo_config(config, workdir, False), out)),
         ("ppo_ptx", lambda out: ppo_experiment.run(ppo_config(config, workdir, True), out)),
         ("evaluate", lambda out: stage_evaluate(config, workdir, out)),

@@ -137,6 +137,7 @@ def write_report(config, workdir: str, summaries: dict, seconds: dict) -> dict:
         "models": models,
         "rank": rank,
         "rm_families": summaries["rm_families"]["by_family"],
+        "best_of_n": summaries["best_of_n"],
         "rm": {k: v for k, v in rm.items() if k.startswith(("heldout", "eval", "train"))},
         "ppo": {k: summaries[k] for k in ("ppo", "ppo_ptx")},
         "ppo_curves": curves,
@@ -195,7 +196,23 @@ def _markdown(config, workdir: str, m: dict) -> str:
         f"| {x['pairs']} |"
         for family, x in m["rm_families"].items()
     ]
+    bon = m["best_of_n"]
+    wins = bon["win_rate_vs_sft_greedy"]
     lines += [
+        "",
+        f"### Best of {bon['n']}: what reranking the SFT model's own samples gains\n",
+        f"{bon['n']} samples of the small SFT model per held-out prompt (temperature "
+        f"{bon['temperature']:g}), gold win rate against its greedy answer:\n",
+        "| choice | win rate vs SFT (greedy) |",
+        "| --- | --- |",
+        f"| one sample | {_pct(wins['one_sample'])} |",
+        f"| the RM's best | {_pct(wins['rm_best'])} |",
+        f"| the gold labeler's best (what a perfect reward gains by reranking) "
+        f"| {_pct(wins['gold_best'])} |",
+        "",
+        f"The RM orders {100 * bon['rm_accuracy_on_gold_ordered_sample_pairs']:.1f}% of the "
+        f"{bon['gold_ordered_sample_pairs']} sample pairs whose gold totals differ as the gold "
+        "labeler does.",
         "",
         "## The alignment tax (pretraining-data NLL, nats/token)\n",
         f"- SFT {models['sft_small']['pretrain_nll']:.3f}, PPO "

@@ -20,7 +20,7 @@ from absl import app, flags
 
 from experiments import common
 from rlhf_jax import losses
-from rlhf_jax.data import pipeline
+from rlhf_jax.data import packing, pipeline
 from rlhf_jax.models import CausalLM, hf
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training import steps
@@ -55,9 +55,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     spec = common.sequence_spec(config.data)
     transform = pipeline.TokenizeDemonstration(tokenizer, spec)
-    train_dataset = pipeline.make_dataset(
-        train_source, transform, batch_size=config.train.batch_size, seed=config.seed
-    )
+    packed = None
+    if config.data.get("pack_documents", False):
+        packed = packing.pack_documents(train_source, tokenizer, spec.max_len, config.seed)
+        train_dataset = pipeline.make_dataset(
+            packed, packing.RowToElement(), batch_size=config.train.batch_size, seed=config.seed
+        )
+    else:
+        train_dataset = pipeline.make_dataset(
+            train_source, transform, batch_size=config.train.batch_size, seed=config.seed
+        )
     loss_fn = losses.LOSSES[config.loss]
     forward = steps.sft_forward(model, loss_fn)
     run_ = common.prepare_run(
@@ -88,6 +95,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "eval_perplexity": result.last_eval.get("perplexity"),
         "eval_token_accuracy": result.last_eval.get("accuracy"),
         "train_examples": len(train_source),
+        "train_packed_rows": len(packed) if packed is not None else None,
         "eval_examples": len(eval_source),
     }
     if not result.preempted:

@@ -375,3 +375,51 @@ def test_too_many_responses_is_an_error(tokenizer):
     spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=12, max_responses=2)
     with pytest.raises(records.RecordError, match="record r1: 3 responses but max_responses=2"):
         pipeline.TokenizeComparison(tokenizer, spec).map(comparisons(2)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing (pretraining text end to end in full rows)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_packing_concatenates_documents_with_eos_in_seeded_order_and_drops_the_tail(tokenizer):
+    from rlhf_jax.data import packing
+
+    docs = [{"prompt": "", "response": f"Assistant: answer number {i}."} for i in range(30)]
+    packed = packing.pack_documents(docs, tokenizer, max_len=16, seed=3)
+    order = np.random.default_rng([3, 17]).permutation(len(docs))
+    stream = []
+    for i in order:
+        stream += [*tokenizer.prefix_ids, *tokenizer.encode(docs[i]["response"]), tokenizer.eos_id]
+    assert packed.tokens == len(stream) and packed.documents == 30
+    assert packed.rows_nt.shape == (len(stream) // 16, 16) and packed.rows_nt.dtype == np.int32
+    np.testing.assert_array_equal(packed.rows_nt.reshape(-1), stream[: len(packed) * 16])
+    # Every document's end is marked, and nothing is padding.
+    assert (packed.rows_nt == tokenizer.eos_id).sum() >= 30 - 2
+    assert (
+        packed.rows_nt.reshape(-1).tolist()
+        != packing.pack_documents(docs, tokenizer, 16, seed=4).rows_nt.reshape(-1).tolist()
+    )
+
+
+def test_packed_rows_batch_like_demonstrations_with_every_token_a_target(tokenizer):
+    from rlhf_jax.data import packing
+
+    docs = [{"prompt": "Human: question 1?", "response": f" answer {i}"} for i in range(40)]
+    packed = packing.pack_documents(docs, tokenizer, max_len=12, seed=0)
+    batches = pipeline.make_dataset(packed, packing.RowToElement(), batch_size=4, seed=0)
+    batch = batches[0]
+    assert set(batch) == {"tokens_bt", "mask_bt", "loss_mask_bt", "truncated_b", "skipped_b"}
+    assert batch["tokens_bt"].shape == (4, 12) and batch["mask_bt"].all()
+    assert batch["loss_mask_bt"].all() and not batch["truncated_b"].any()
+    # The rows of a batch are rows of the packing (shuffled), and batches repeat by index.
+    rows = {tuple(r) for r in packed.rows_nt}
+    assert all(tuple(r) in rows for r in batch["tokens_bt"])
+    np.testing.assert_array_equal(batches[0]["tokens_bt"], batch["tokens_bt"])
+
+
+def test_packing_too_little_text_for_one_row_is_an_error(tokenizer):
+    from rlhf_jax.data import packing
+
+    with pytest.raises(ValueError, match="fewer than one row of max_len=512"):
+        packing.pack_documents([{"prompt": "", "response": "hi"}], tokenizer, 512, seed=0)

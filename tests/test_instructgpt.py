@@ -26,6 +26,7 @@ STAGES = [
     "rank",
     "rm",
     "rm_families",
+    "best_of_n",
     "ppo",
     "ppo_ptx",
     "evaluate",
@@ -124,9 +125,17 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(tmp_p
     for x in families.values():
         assert 0 <= x["rm_accuracy"] <= 1 and 0 <= x["gold_order_accuracy"] <= 1 and x["pairs"] > 0
     assert len(metrics["statements"]) == 3
+    bon = metrics["best_of_n"]
+    assert bon["n"] == 4 and bon["prompts"] == 32
+    picks = bon["win_rate_vs_sft_greedy"]
+    for pick in picks.values():
+        assert 0 <= pick["low"] <= pick["rate"] <= pick["high"] <= 1 and pick["n"] == 32
+    # The gold labeler's pick is the best of the same samples, so it never does worse.
+    assert picks["gold_best"]["rate"] >= max(picks["one_sample"]["rate"], picks["rm_best"]["rate"])
+    assert 0 <= bon["rm_accuracy_on_gold_ordered_sample_pairs"] <= 1
 
     report = (workdir / "report.md").read_text()
-    for heading in ("Win rate against", "Reward model", "alignment tax", "Wall time per stage"):
+    for heading in ("Win rate against", "Reward model", "Best of 4", "alignment tax", "Wall time"):
         assert heading in report, heading
     assert "| PPO-ptx |" in report and report.count("\n| ") > 20
     for png in ("win_rates.png", "ppo_curves.png"):

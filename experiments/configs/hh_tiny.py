@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
             max_prompt_len=128,
             max_responses=2,
             overlong="truncate",
+            # experiments.sft: train on whole texts packed end to end in full rows
+            # (rlhf_jax.data.packing; language-model pretraining), not one padded row each.
+            pack_documents=False,
             jsonl_kind="",
             jsonl_files=ml_collections.ConfigDict(),
         )

@@ -54,7 +54,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # (0.88 nats/token at step 300, 0.77 at 600: the corpus's noise, not capacity, bounds them),
     # so the large model gets half the steps, which keeps the job within its time budget.
     c.pretrain = ml_collections.ConfigDict(
-        dict(steps=dict(small=600, large=300), batch_size=32, learning_rate=3e-3)
+        dict(
+            steps=dict(small=600, large=300),
+            batch_size=32,
+            learning_rate=3e-3,
+            pack_documents=False,
+        )
     )
     c.sft = ml_collections.ConfigDict(
         dict(steps=dict(small=200, large=100), batch_size=32, learning_rate=3e-4)
@@ -91,6 +96,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
         )
     )
     c.eval = ml_collections.ConfigDict(dict(temperature=0.0, batch_size=64))
+    # Best-of-N on the held-out prompts: N samples of the small SFT model at this temperature.
+    c.best_of_n = ml_collections.ConfigDict(dict(n=8, temperature=1.0))
     if preset == "smoke":
         c.world.sizes.update(
             pretrain=600, pretrain_validation=32, sft=200, sft_validation=32, rm=24, ppo=64, test=32
@@ -101,6 +108,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
         c.rm.update(steps=6, batch_size=4)
         c.ppo.update(iterations=4, batch_size=16, epochs=2, minibatches=2, ptx_batch_size=16)
         c.eval.batch_size = 32
+        c.best_of_n.n = 4
     elif preset != "default":
         raise ValueError(f"Unknown preset {preset!r}; expected 'default' or 'smoke'.")
     return c
