@@ -126,7 +126,11 @@ def sft_config(config, workdir: str, size: str) -> ml_collections.ConfigDict:
 def reward_config(config, workdir: str) -> ml_collections.ConfigDict:
     c = hh_tiny.get_config("reward")
     c.data = world_data(config, workdir, "sft", "train", "heldout")
-    c.data.update(name="jsonl/world_rankings", jsonl_kind="comparisons")
+    c.data.update(
+        name="jsonl/world_rankings",
+        jsonl_kind="comparisons",
+        shared_prompt_row_len=config.rm.get("shared_prompt_row_len", 0),
+    )
     c.data.jsonl_files = ml_collections.ConfigDict(
         {s: os.path.join(workdir, "rank", f"{s}.jsonl") for s in ("train", "heldout")}
     )

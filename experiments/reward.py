@@ -79,7 +79,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model_config, model, params, specs = _model_and_params(config, tokenizer.vocab_size)
 
     spec = common.sequence_spec(config.data)
-    transform = pipeline.TokenizeComparison(tokenizer, spec)
+    row_len = config.data.get("shared_prompt_row_len", 0)
+    if row_len:
+        transform = pipeline.TokenizeComparisonSharedPrompt(tokenizer, spec, row_len)
+    else:
+        transform = pipeline.TokenizeComparison(tokenizer, spec)
     train_dataset = pipeline.make_dataset(
         train_source, transform, batch_size=config.train.batch_size, seed=config.seed
     )
@@ -97,7 +101,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evaluate = common.make_evaluate(forward, run_.mesh, run_.param_shardings, eval_data)
 
     def tokens(batch):
-        return int(np.sum(batch["mask_bkt"]))
+        return int(np.sum(batch["mask_bkt" if "mask_bkt" in batch else "mask_bt"]))
 
     result = common.train(run_, config, evaluate=evaluate, tokens_in_batch=tokens)
     summary = {
@@ -111,9 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     if not result.preempted:
         params = result.state.params
-        score_fn = jax.jit(
-            lambda p, b: steps.reward_scores(model, p, b["tokens_bkt"], b["mask_bkt"])
-        )
+        score_fn = jax.jit(lambda p, b: steps.comparison_scores(model, p, b))
         summary.update(heldout_pairwise_accuracy(score_fn, params, eval_data, mesh))
         # The paper's normalisation: reference responses score mean 0 (bias stored in params).
         reference_name = config.reward.get("reference_name") or config.data.name

@@ -1,5 +1,7 @@
 """SFT and reward-model steps: label masking, accumulation, one pass per response, sharding."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -262,3 +264,89 @@ def test_sharded_steps_equal_single_device(kind):
         single.params["params"]["decoder"]["layer_0"]["mlp"]["up"]["kernel"],
         init["params"]["decoder"]["layer_0"]["mlp"]["up"]["kernel"],
     )
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_shared_prompt_rows_score_and_train_exactly_like_one_response_per_row(family):
+    """The prompt once, then every response (segment-masked, positions continued from the
+    prompt) gives the same rewards, loss and gradients as one padded row per response."""
+    from rlhf_jax.data import pipeline
+    from rlhf_jax.data.tokenizer import train_bpe_tokenizer
+
+    corpus = [f"Sort {i} {i + 3} then answer {i * 7}." for i in range(60)]
+    tokenizer = train_bpe_tokenizer(corpus, vocab_size=200)
+    make = getattr(TransformerConfig, family)
+    extra = {"num_kv_heads": 2} if family == "llama" else {}
+    config = make(
+        vocab_size=tokenizer.vocab_size,
+        num_layers=2,
+        num_heads=2,
+        embed_dim=16,
+        mlp_dim=32,
+        max_len=64,
+        **extra,
+    )
+    model = ScalarModel(config)
+    params, _ = state_lib.init_variables(model, 64, seed=3)
+    spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=16, max_responses=4)
+    records = [
+        {
+            "prompt": "Sort 3 6 then",
+            "responses": [" answer 21.", " 6 3", " no"],
+            "pairs": [[0, 1], [0, 2], [1, 2]],
+        },
+        {
+            "prompt": "Sort 10 13 then answer",
+            "responses": [" 70.", " 13 10 70 70 70", " 10", " 7"],
+            "pairs": [[0, 1], [2, 3], [0, 3]],
+        },
+    ]
+
+    def batch_of(transform):
+        dataset = pipeline.make_dataset(records, transform, batch_size=2, seed=0, shuffle=False)
+        return dataset[0]
+
+    rows = batch_of(pipeline.TokenizeComparison(tokenizer, spec))
+    packed = batch_of(pipeline.TokenizeComparisonSharedPrompt(tokenizer, spec, row_len=48))
+    assert packed["tokens_bt"].shape == (2, 48)  # against 2 x 4 rows of 24 tokens
+    np.testing.assert_array_equal(rows["valid_bk"], packed["valid_bk"])
+
+    expected = steps.reward_scores(model, params, rows["tokens_bkt"], rows["mask_bkt"])
+    got = steps.shared_prompt_reward_scores(model, params, packed)
+    valid = rows["valid_bk"]
+    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(expected)[valid], atol=1e-5)
+
+    forward = steps.reward_forward(model)
+    grad = lambda batch: jax.grad(lambda p: forward(p, batch, None, True)[0])(params)  # noqa: E731
+    loss = lambda batch: forward(params, batch, None, True)[0]  # noqa: E731
+    np.testing.assert_allclose(loss(packed), loss(rows), rtol=1e-5)
+    chex.assert_trees_all_close(grad(packed), grad(rows), atol=1e-5)
+
+
+def test_shared_prompt_rows_cut_responses_to_one_length_skip_or_raise_when_they_do_not_fit():
+    from rlhf_jax.data import pipeline, records
+    from rlhf_jax.data.tokenizer import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(["one two three four five six seven"] * 10, vocab_size=120)
+    record = {
+        "prompt": "one two",
+        "responses": [" three four five six seven", " six"],
+        "pairs": [[1, 0]],
+    }
+    prompt_len = len(tokenizer.encode("one two"))
+    lengths = [len(tokenizer.encode(r)) + 1 for r in record["responses"]]  # + EOS
+    row_len = prompt_len + lengths[1] + 2  # room for the short response and 2 tokens of the long
+    cut = max(c for c in range(1, 20) if sum(min(n, c) for n in lengths) <= row_len - prompt_len)
+    spec = pipeline.SequenceSpec(max_len=48, max_prompt_len=16, max_responses=2)
+    element = pipeline.TokenizeComparisonSharedPrompt(tokenizer, spec, row_len).map(record)
+    segments = element["segments_t"]
+    assert element["truncated"] == 1 and element["skipped"] == 0
+    assert [(segments == k).sum() for k in (1, 2)] == [min(n, cut) for n in lengths]
+    assert element["prefers_kk"][1, 0] and element["valid_k"].all()
+    skip = dataclasses.replace(spec, overlong="skip")
+    skipped = pipeline.TokenizeComparisonSharedPrompt(tokenizer, skip, row_len).map(record)
+    assert skipped["skipped"] == 1 and not skipped["mask_t"].any()
+    assert not skipped["prefers_kk"].any()
+    strict = dataclasses.replace(spec, overlong="error")
+    with pytest.raises(records.RecordError, match=f"more than row_len={row_len}"):
+        pipeline.TokenizeComparisonSharedPrompt(tokenizer, strict, row_len).map(record)

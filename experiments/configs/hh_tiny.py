@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
             # experiments.sft: train on whole texts packed end to end in full rows
             # (rlhf_jax.data.packing; language-model pretraining), not one padded row each.
             pack_documents=False,
+            # experiments.reward: > 0 lays each comparison out as one row of this many tokens,
+            # the prompt once and then every response (pipeline.TokenizeComparisonSharedPrompt;
+            # the same rewards for a fraction of the compute when responses are short).
+            shared_prompt_row_len=0,
             jsonl_kind="",
             jsonl_files=ml_collections.ConfigDict(),
         )

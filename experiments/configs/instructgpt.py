@@ -78,7 +78,13 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # 3e-4 gave 58.8% / 60.3% (ranking 2,000 more prompts costs ~20 s, each RM step ~0.6 s).
     # sft_size: the SFT model the RM starts from ("small" or "large").
     c.rm = ml_collections.ConfigDict(
-        dict(steps=300, batch_size=16, learning_rate=3e-4, sft_size="small")
+        dict(
+            steps=300,
+            batch_size=16,
+            learning_rate=3e-4,
+            sft_size="small",
+            shared_prompt_row_len=0,
+        )
     )
     c.ppo = ml_collections.ConfigDict(
         dict(

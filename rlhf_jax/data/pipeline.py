@@ -75,22 +75,10 @@ def encode_pair(
     `overlong` says that the sequence needed truncation; `truncated` that it was truncated (only
     under the "truncate" policy). Under "error" an over-long sequence raises RecordError.
     """
-    prefix = list(tokenizer.prefix_ids)
-    prompt_ids = prefix + tokenizer.encode(prompt)
-    response_ids = tokenizer.encode(response) + [tokenizer.eos_id]
-    overlong = len(prompt_ids) > spec.max_prompt_len
-    if overlong:
-        prompt_ids = prefix + prompt_ids[len(prompt_ids) - spec.max_prompt_len + len(prefix) :]
-    room = spec.max_len - len(prompt_ids)
-    if len(response_ids) > room:
-        overlong = True
-        response_ids = response_ids[:room]
-    if overlong and spec.overlong == "error":
-        raise RecordError(
-            f"record {record_id}: sequence longer than max_len={spec.max_len} "
-            f"(max_prompt_len={spec.max_prompt_len}); raise the limits, or set "
-            "overlong='truncate' or 'skip'"
-        )
+    prompt_ids, prompt_cut = _prompt_ids(tokenizer, spec, prompt)
+    response_ids, response_cut = _response_ids(tokenizer, spec, response, len(prompt_ids))
+    overlong = prompt_cut or response_cut
+    _check_overlong(spec, overlong, record_id)
     ids = prompt_ids + response_ids
     tokens = np.full(spec.max_len, tokenizer.pad_id, np.int32)
     tokens[: len(ids)] = ids
@@ -100,6 +88,34 @@ def encode_pair(
     loss_mask[len(prompt_ids) : len(ids)] = True
     truncated = overlong and spec.overlong == "truncate"
     return tokens, mask, loss_mask, truncated, overlong
+
+
+def _prompt_ids(tokenizer: Tokenizer, spec: SequenceSpec, prompt: str) -> tuple[list[int], bool]:
+    """(prefix + prompt ids, whether cut): an over-long prompt keeps the prefix and its last
+    tokens (rule 1)."""
+    prefix = list(tokenizer.prefix_ids)
+    prompt_ids = prefix + tokenizer.encode(prompt)
+    if len(prompt_ids) <= spec.max_prompt_len:
+        return prompt_ids, False
+    return prefix + prompt_ids[len(prompt_ids) - spec.max_prompt_len + len(prefix) :], True
+
+
+def _response_ids(
+    tokenizer: Tokenizer, spec: SequenceSpec, response: str, prompt_len: int
+) -> tuple[list[int], bool]:
+    """(response + EOS ids cut to what the prompt leaves of max_len (rule 2), whether cut)."""
+    response_ids = tokenizer.encode(response) + [tokenizer.eos_id]
+    room = spec.max_len - prompt_len
+    return response_ids[:room], len(response_ids) > room
+
+
+def _check_overlong(spec: SequenceSpec, overlong: bool, record_id: str) -> None:
+    if overlong and spec.overlong == "error":
+        raise RecordError(
+            f"record {record_id}: sequence longer than max_len={spec.max_len} "
+            f"(max_prompt_len={spec.max_prompt_len}); raise the limits, or set "
+            "overlong='truncate' or 'skip'"
+        )
 
 
 def best_response(responses: Sequence[Any], pairs: np.ndarray) -> int:
@@ -209,6 +225,89 @@ class TokenizeComparison(grain.transforms.Map):
             "prefers_kk": prefers,
             "valid_k": valid,
             "truncated": np.int32(truncated),
+            "skipped": np.int32(skipped),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeComparisonSharedPrompt(grain.transforms.Map):
+    """Comparison record -> one row holding the prompt once and then every response.
+
+    Row layout (`row_len` tokens): `[prefix ids] + prompt`, then each response + EOS in turn, then
+    padding. `segments_t` is 0 on the prompt, k + 1 on response k and -1 on padding; a response
+    attends to the prompt and to itself only (`Decoder`'s `segments_bt`), and `positions_t`
+    continues each response from the prompt's end, so every response is scored exactly as in its
+    own `TokenizeComparison` row, for about (P + sum of response lengths) tokens instead of
+    K x max_len. `last_k` is the index of response k's last token (its EOS) in the row.
+
+    Prompt and responses are cut by the rules of the module docstring first. When they still do
+    not fit in `row_len`, "truncate" cuts every response at the right to one common length, the
+    longest that fits (counted in `truncated`), "skip" keeps the element at weight 0 and "error"
+    raises a RecordError.
+    """
+
+    tokenizer: Tokenizer
+    spec: SequenceSpec
+    row_len: int
+
+    def map(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        record_id = as_text(record.get("id", "?"))
+        responses = [as_text(r) for r in record["responses"]]
+        k_max, length = self.spec.max_responses, self.row_len
+        if len(responses) > k_max:
+            raise RecordError(
+                f"record {record_id}: {len(responses)} responses but max_responses={k_max}"
+            )
+        prompt_ids, overlong = _prompt_ids(self.tokenizer, self.spec, as_text(record["prompt"]))
+        response_ids = []
+        for response in responses:
+            ids, cut = _response_ids(self.tokenizer, self.spec, response, len(prompt_ids))
+            response_ids.append(ids)
+            overlong |= cut
+        _check_overlong(self.spec, overlong, record_id)
+        room = length - len(prompt_ids)
+        if sum(map(len, response_ids)) > room:
+            overlong = True
+            if self.spec.overlong == "error":
+                raise RecordError(
+                    f"record {record_id}: prompt and {len(responses)} responses need "
+                    f"{len(prompt_ids) + sum(map(len, response_ids))} tokens, more than "
+                    f"row_len={length}; raise it, or set overlong='truncate' or 'skip'"
+                )
+            cap = 0
+            while sum(min(len(r), cap + 1) for r in response_ids) <= room:
+                cap += 1
+            response_ids = [r[:cap] for r in response_ids]
+        # Skipped: by the policy, or when the row leaves no token for some response.
+        skipped = (overlong and self.spec.overlong == "skip") or not all(response_ids)
+        tokens = np.full(length, self.tokenizer.pad_id, np.int32)
+        segments = np.full(length, -1, np.int32)
+        positions = np.zeros(length, np.int32)
+        last = np.zeros(k_max, np.int32)
+        valid = np.zeros(k_max, bool)
+        if not skipped:
+            p = len(prompt_ids)
+            tokens[:p], segments[:p], positions[:p] = prompt_ids, 0, np.arange(p)
+            start = p
+            for k, ids in enumerate(response_ids):
+                end = start + len(ids)
+                tokens[start:end], segments[start:end] = ids, k + 1
+                positions[start:end] = np.arange(p, p + len(ids))
+                last[k], valid[k] = end - 1, True
+                start = end
+        prefers = np.zeros((k_max, k_max), bool)
+        if not skipped:
+            for winner, loser in np.asarray(record["pairs"]).reshape(-1, 2):
+                prefers[winner, loser] = True
+        return {
+            "tokens_t": tokens,
+            "mask_t": segments >= 0,
+            "positions_t": positions,
+            "segments_t": segments,
+            "last_k": last,
+            "prefers_kk": prefers,
+            "valid_k": valid,
+            "truncated": np.int32(overlong and self.spec.overlong == "truncate" and not skipped),
             "skipped": np.int32(skipped),
         }
 

@@ -337,6 +337,7 @@ class Decoder(nn.Module):
         positions_bt: jax.Array | None = None,
         cache: KVCache | None = None,
         deterministic: bool = True,
+        segments_bt: jax.Array | None = None,
     ) -> DecoderOutput:
         """Runs the decoder over T new tokens, optionally appending them to a KV cache.
 
@@ -346,6 +347,11 @@ class Decoder(nn.Module):
           positions_bt: int [B, T]; default from the mask (and the cache's real tokens).
           cache: KVCache with at least T free slots after `cache.index`, or None.
           deterministic: disables dropout when True.
+          segments_bt: int [B, T] or None (no cache). Several sequences sharing one prefix in a
+            row: segment 0 is the shared prefix and a token of segment k > 0 attends only to the
+            prefix and to earlier tokens of segment k, so each segment computes what it would
+            after the prefix alone (give `positions_bt` to match: the prefix's, then each
+            segment's continuing from the prefix's end).
 
         Returns:
           DecoderOutput with hidden states [B, T, E] and the updated cache.
@@ -376,6 +382,11 @@ class Decoder(nn.Module):
         if cfg.sliding_window is not None:
             allowed_ts &= query_idx_t[:, None] - key_idx_s[None, :] < cfg.sliding_window
         allowed_bts = allowed_ts[None] & key_mask_bs[:, None, :]
+        if segments_bt is not None:
+            if cache is not None:
+                raise ValueError("segments_bt is for full sequences, not decoding with a cache.")
+            same_bts = segments_bt[:, :, None] == segments_bt[:, None, :]
+            allowed_bts &= same_bts | (segments_bt[:, None, :] == 0)
         # A padding query would otherwise have no key to attend to (an all-masked softmax row);
         # letting every query see its own slot keeps it finite and changes no real token.
         allowed_bts |= (query_idx_t[:, None] == key_idx_s[None, :])[None]

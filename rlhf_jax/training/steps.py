@@ -82,10 +82,61 @@ def reward_scores(
     return last_token_scores(out.scores_bt, mask_bkt.reshape(b * k, t)).reshape(b, k)
 
 
+def shared_prompt_reward_scores(
+    model: nn.Module,
+    params: Any,
+    batch: Batch,
+    *,
+    deterministic: bool = True,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """float32 [B, K]: reward of every response of `pipeline.TokenizeComparisonSharedPrompt`
+    rows (`tokens_bt`, `mask_bt`, `positions_bt`, `segments_bt`, `last_bk`): one row per prompt
+    holds the prompt once and all its responses; each reward is the head at response k's EOS.
+    Equal to `reward_scores` on the same comparisons laid out one response per row."""
+    out = model.apply(
+        params,
+        batch["tokens_bt"],
+        batch["mask_bt"],
+        batch["positions_bt"],
+        deterministic=deterministic,
+        segments_bt=batch["segments_bt"],
+        rngs=_dropout_rngs(rng, deterministic),
+    )
+    scores_bk = jnp.take_along_axis(out.scores_bt, batch["last_bk"], axis=1)
+    return scores_bk.astype(jnp.float32)
+
+
+def comparison_scores(
+    model: nn.Module,
+    params: Any,
+    batch: Batch,
+    *,
+    deterministic: bool = True,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """float32 [B, K] rewards of a comparison batch in either layout: one response per row
+    (`tokens_bkt`, `mask_bkt`; `reward_scores`) or shared-prompt rows (`segments_bt`;
+    `shared_prompt_reward_scores`)."""
+    if "segments_bt" in batch:
+        return shared_prompt_reward_scores(
+            model, params, batch, deterministic=deterministic, rng=rng
+        )
+    return reward_scores(
+        model,
+        params,
+        batch["tokens_bkt"],
+        batch["mask_bkt"],
+        deterministic=deterministic,
+        rng=rng,
+    )
+
+
 def reward_forward(
     model: nn.Module, loss_fn: losses_lib.LossFn = losses_lib.ranking_loss
 ) -> Forward:
-    """Forward for a ScalarModel on comparison batches (`tokens_bkt`, `mask_bkt`, `prefers_bkk`).
+    """Forward for a ScalarModel on comparison batches: one response per row (`tokens_bkt`,
+    `mask_bkt`, `prefers_bkk`) or the shared-prompt rows of `shared_prompt_reward_scores`.
 
     The head's bias is held fixed (stop_gradient): a ranking loss sees only reward differences, so
     the bias has zero true gradient, and Adam would turn float round-off in it into drift. It is
@@ -97,14 +148,7 @@ def reward_forward(
         if "bias" in head:
             head = {**head, "bias": jax.lax.stop_gradient(head["bias"])}
             params = {**params, "params": {**params["params"], "head": head}}
-        scores_bk = reward_scores(
-            model,
-            params,
-            batch["tokens_bkt"],
-            batch["mask_bkt"],
-            deterministic=deterministic,
-            rng=rng,
-        )
+        scores_bk = comparison_scores(model, params, batch, deterministic=deterministic, rng=rng)
         return loss_fn(scores_bk=scores_bk, prefers_bkk=batch["prefers_bkk"])
 
     return forward
