@@ -266,17 +266,20 @@ def test_sharded_steps_equal_single_device(kind):
     )
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "mistral"])
 def test_shared_prompt_rows_score_and_train_exactly_like_one_response_per_row(family):
     """The prompt once, then every response (segment-masked, positions continued from the
-    prompt) gives the same rewards, loss and gradients as one padded row per response."""
+    prompt) gives the same rewards, loss and gradients as one padded row per response; with a
+    sliding window (Mistral) too, which must count positions, not row slots."""
     from rlhf_jax.data import pipeline
     from rlhf_jax.data.tokenizer import train_bpe_tokenizer
 
     corpus = [f"Sort {i} {i + 3} then answer {i * 7}." for i in range(60)]
     tokenizer = train_bpe_tokenizer(corpus, vocab_size=200)
-    make = getattr(TransformerConfig, family)
-    extra = {"num_kv_heads": 2} if family == "llama" else {}
+    make = getattr(TransformerConfig, "llama" if family == "mistral" else family)
+    extra = {"num_kv_heads": 2} if family != "gpt2" else {}
+    if family == "mistral":
+        extra["sliding_window"] = 4
     config = make(
         vocab_size=tokenizer.vocab_size,
         num_layers=2,

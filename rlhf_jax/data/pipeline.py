@@ -16,7 +16,9 @@ naming the record.
 Batches are dicts of numpy arrays with a leading batch axis. SFT: `tokens_bt`, `mask_bt`
 (attention), `loss_mask_bt` (response + EOS), `truncated_b`, `skipped_b`. Reward model:
 `tokens_bkt`, `mask_bkt`, `prefers_bkk` ([b, i, j] = response i preferred to j), `valid_bk`,
-`truncated_b`, `skipped_b`.
+`truncated_b`, `skipped_b`; or, one row per comparison (`TokenizeComparisonSharedPrompt`),
+`tokens_bt`, `mask_bt`, `positions_bt`, `segments_bt`, `last_bk` with the same `prefers_bkk`,
+`valid_bk`, `truncated_b`, `skipped_b`.
 """
 
 from __future__ import annotations

@@ -379,7 +379,7 @@ class Decoder(nn.Module):
             positions_bt = positions_from_mask(attention_mask_bt, offset_b)
 
         allowed_ts = key_idx_s[None, :] <= query_idx_t[:, None]
-        if cfg.sliding_window is not None:
+        if cfg.sliding_window is not None and segments_bt is None:
             allowed_ts &= query_idx_t[:, None] - key_idx_s[None, :] < cfg.sliding_window
         allowed_bts = allowed_ts[None] & key_mask_bs[:, None, :]
         if segments_bt is not None:
@@ -387,6 +387,9 @@ class Decoder(nn.Module):
                 raise ValueError("segments_bt is for full sequences, not decoding with a cache.")
             same_bts = segments_bt[:, :, None] == segments_bt[:, None, :]
             allowed_bts &= same_bts | (segments_bt[:, None, :] == 0)
+            if cfg.sliding_window is not None:  # the window counts positions, not row slots
+                distance_bts = positions_bt[:, :, None] - positions_bt[:, None, :]
+                allowed_bts &= distance_bts < cfg.sliding_window
         # A padding query would otherwise have no key to attend to (an all-masked softmax row);
         # letting every query see its own slot keeps it finite and changes no real token.
         allowed_bts |= (query_idx_t[:, None] == key_idx_s[None, :])[None]
