@@ -215,6 +215,19 @@ def _sampler_for(model_dir: str, temperature: float, max_new_tokens: int):
     return make_sampler(CausalLM(model_config), sampling), params, tokenizer, model_config
 
 
+def _generate(config, sampler, params, tokenizer, prompts: list[str], seed: int) -> list[str]:
+    """Each prompt's response text from `sampler` (the job's batch size and prompt budget)."""
+    return generate_texts(
+        sampler,
+        params,
+        tokenizer,
+        prompts,
+        batch_size=config.eval.batch_size,
+        max_prompt_len=config.max_prompt_len,
+        rng=jax.random.key(seed),
+    )
+
+
 def stage_rank(config, workdir: str, out: str) -> dict:
     """K samples of the small SFT model per rm prompt, de-duplicated, ranked by a noisy labeler.
 
@@ -229,15 +242,7 @@ def stage_rank(config, workdir: str, out: str) -> dict:
     )
     ks = rng.integers(config.rank.k_min, config.rank.k_max + 1, size=len(prompts))
     flat = [p for p, k in zip(prompts, ks, strict=True) for _ in range(k)]
-    texts = generate_texts(
-        sampler,
-        params,
-        tokenizer,
-        flat,
-        batch_size=config.eval.batch_size,
-        max_prompt_len=config.max_prompt_len,
-        rng=jax.random.key(config.seed),
-    )
+    texts = _generate(config, sampler, params, tokenizer, flat, config.seed)
     kept_prompts, kept_responses, single = [], [], 0
     start = 0
     for prompt, k in zip(prompts, ks, strict=True):
@@ -373,15 +378,7 @@ def stage_best_of_n(config, workdir: str, out: str) -> dict:
         ("samples", temperature, [p for p in prompts for _ in range(n)], config.seed + 2),
     ):
         sampler, params, tokenizer, _ = _sampler_for(sft_dir, temp, config.max_new_tokens)
-        answers[name] = generate_texts(
-            sampler,
-            params,
-            tokenizer,
-            asked,
-            batch_size=config.eval.batch_size,
-            max_prompt_len=config.max_prompt_len,
-            rng=jax.random.key(seed),
-        )
+        answers[name] = _generate(config, sampler, params, tokenizer, asked, seed)
     baseline = evaluation.judge(prompts, answers["greedy"])
     flat = evaluation.judge([p for p in prompts for _ in range(n)], answers["samples"])
     judged = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
@@ -469,15 +466,7 @@ def stage_evaluate(config, workdir: str, out: str) -> dict:
         )
         if not few_shot:  # the few-shot rows reuse their zero-shot model
             nlls[name] = _pretrain_nll(config, workdir, model_config, params, tokenizer)
-        responses[name] = generate_texts(
-            sampler,
-            params,
-            tokenizer,
-            asked,
-            batch_size=config.eval.batch_size,
-            max_prompt_len=config.max_prompt_len,
-            rng=jax.random.key(config.seed + 1),
-        )
+        responses[name] = _generate(config, sampler, params, tokenizer, asked, config.seed + 1)
         scores[name] = evaluation.judge(prompts, responses[name])
     baseline = scores["sft_small"]
     metrics = {
