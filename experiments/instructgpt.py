@@ -313,7 +313,8 @@ def _gold_order_accuracy(records: list[dict], totals: list[list[float]]) -> floa
 
 def _reward_scorer(config, workdir: str, max_responses: int):
     """`scores(prompt, responses) -> float [len(responses)]`: the run's reward model on up to
-    `max_responses` responses of one prompt, tokenized as its training data was."""
+    `max_responses` responses of one prompt, one response per row (the same scores as the
+    shared-prompt rows it may have trained on, `TokenizeComparisonSharedPrompt`)."""
     data = reward_config(config, workdir).data
     _, model_config, params = export.load_model(os.path.join(workdir, "rm", "model"))
     tokenizer = Tokenizer.from_pretrained(os.path.join(workdir, "sft_small", "model"))

@@ -287,6 +287,7 @@ class TokenizeComparisonSharedPrompt(grain.transforms.Map):
         positions = np.zeros(length, np.int32)
         last = np.zeros(k_max, np.int32)
         valid = np.zeros(k_max, bool)
+        prefers = np.zeros((k_max, k_max), bool)
         if not skipped:
             p = len(prompt_ids)
             tokens[:p], segments[:p], positions[:p] = prompt_ids, 0, np.arange(p)
@@ -297,8 +298,6 @@ class TokenizeComparisonSharedPrompt(grain.transforms.Map):
                 positions[start:end] = np.arange(p, p + len(ids))
                 last[k], valid[k] = end - 1, True
                 start = end
-        prefers = np.zeros((k_max, k_max), bool)
-        if not skipped:
             for winner, loser in np.asarray(record["pairs"]).reshape(-1, 2):
                 prefers[winner, loser] = True
         return {
