@@ -152,7 +152,7 @@ def ppo_config(config, workdir: str, ptx: bool) -> ml_collections.ConfigDict:
         reward_dir=os.path.join(workdir, "rm", "model"),
     )
     p = config.ppo
-    c.optim.update(learning_rate=p.learning_rate, value_learning_rate=p.learning_rate)
+    c.optim.update(learning_rate=p.learning_rate, value_learning_rate=p.value_learning_rate)
     c.ppo.update(
         epochs=p.epochs,
         minibatches=p.minibatches,
@@ -162,6 +162,7 @@ def ppo_config(config, workdir: str, ptx: bool) -> ml_collections.ConfigDict:
         kl_coef=p.kl_coef,
         eval_batches=1,
         value_model=p.value_model,
+        reward=p.reward,
     )
     c.ptx.update(name="instruction_world/pretrain", split="train", eval_split="validation")
     _common(c, config, p.iterations, p.batch_size, p.learning_rate)

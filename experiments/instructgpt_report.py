@@ -124,6 +124,7 @@ def write_report(config, workdir: str, summaries: dict, seconds: dict) -> dict:
             statements.append(f"The small PPO model {verdict} the {NICE[other]} model.")
     headline = {
         "preset": config.preset,
+        "ppo_reward": config.ppo.get("reward", "model"),
         "win_rate_vs_sft": win,
         "rm_heldout_accuracy": rm_accuracy,
         "labeler_agreement": ceiling,
@@ -148,6 +149,60 @@ def write_report(config, workdir: str, summaries: dict, seconds: dict) -> dict:
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(_markdown(config, workdir, metrics))
     return metrics
+
+
+def _family_outcomes(models: dict, names=("ppo_small", "ppo_ptx_small")) -> list[str]:
+    """Wins/ties/losses against SFT per task family, and what the win-rate targets ask of them.
+
+    A win rate is 0.5 + (wins - losses) / (2 n), so 65% needs wins - losses >= 0.3 n; prompts
+    where SFT's answer already has the highest gold total can only be tied."""
+    tables = {name: models[name]["outcomes_by_family"] for name in names}
+    first = next(iter(tables.values()))
+    lines = [
+        "### Against SFT, task family by task family\n",
+        "Wins / ties / losses of each model's answer against SFT's on the same prompt.\n",
+        "| task family | prompts | SFT's answer already the best there is | "
+        + " | ".join(NICE[name] for name in names)
+        + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
+    ]
+    for family, row in first.items():
+        cells = [
+            f"{t[family]['wins']} / {t[family]['ties']} / {t[family]['losses']}"
+            for t in tables.values()
+        ]
+        lines.append(
+            f"| {family} | {row['n']} | {row['baseline_at_max']} | " + " | ".join(cells) + " |"
+        )
+    n = sum(row["n"] for row in first.values())
+    at_max = sum(row["baseline_at_max"] for row in first.values())
+    net = {name: sum(r["wins"] - r["losses"] for r in t.values()) for name, t in tables.items()}
+    lines += [
+        "",
+        f"SFT's answer already has the highest gold total on {at_max} of the {n} prompts, which "
+        f"another model can only tie. A 65% win rate needs wins - losses >= {0.3 * n:.0f} "
+        f"(60%: >= {0.2 * n:.0f}) on the other {n - at_max}; "
+        + ", ".join(f"{NICE[name]} has {v:+d}" for name, v in net.items())
+        + ".",
+        "",
+    ]
+    return lines
+
+
+def _ppo_settings(p) -> str:
+    """One line: PPO's budget and what it optimises (the RM, or the gold labeler itself)."""
+    reward = (
+        "**the gold labeler's score** (a diagnostic of PPO with a perfect reward, not the "
+        "InstructGPT recipe)"
+        if p.get("reward", "model") == "gold"
+        else "the reward model's score"
+    )
+    return (
+        f"{p.iterations} iterations of {p.batch_size} prompts ({p.epochs} epochs x "
+        f"{p.minibatches} minibatches each), learning rate {p.learning_rate:g} (value model "
+        f"{p.get('value_learning_rate', p.learning_rate):g}), KL coefficient {p.kl_coef:g}; "
+        f"reward: {reward} minus the KL penalty."
+    )
 
 
 def _markdown(config, workdir: str, m: dict) -> str:
@@ -177,6 +232,7 @@ def _markdown(config, workdir: str, m: dict) -> str:
             f"| {'n/a' if nll is None else f'{nll:.3f}'} |"
         )
     lines += [""] + m["statements"] + [""]
+    lines += _family_outcomes(models)
     lines += [
         "## Reward model\n",
         f"- Rankings: {rank['ranked_prompts']} prompts, mean K = {rank['mean_k']:.1f} distinct "
@@ -221,6 +277,8 @@ def _markdown(config, workdir: str, m: dict) -> str:
         f"({h['pretrain_nll_rise']['ppo_ptx']:+.3f}).",
         "",
         "## PPO training\n",
+        _ppo_settings(config.ppo),
+        "",
         "![ppo curves](ppo_curves.png)\n",
         "## Acceptance checks (as measured; not tuned)\n",
     ]

@@ -36,6 +36,7 @@ from rlhf_jax.models import CausalLM, ScalarModel, ValueHead, hf
 from rlhf_jax.training import export, steps
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training.loop import LoopConfig, means, sum_metrics, train_loop
+from rlhf_jax.world import gold_reward
 
 
 def _load_models(config: ml_collections.ConfigDict):
@@ -101,6 +102,16 @@ def _rollout_config(config, tokenizer: Tokenizer) -> rollout_lib.RolloutConfig:
         score_clip=p.score_clip or None,
         missing_eos_penalty=p.missing_eos_penalty if p.missing_eos_penalty else None,
     )
+
+
+def _score_fn(config, reward_model: ScalarModel, tokenizer: Tokenizer):
+    """The rollout's reward: the RM, or the world's gold labeler (`ppo.reward="gold"`)."""
+    kind = config.ppo.get("reward", "model")
+    if kind == "model":
+        return reward_model
+    if kind == "gold":
+        return gold_reward.gold_score_fn(tokenizer)
+    raise ValueError(f"ppo.reward must be 'model' or 'gold', got {kind!r}.")
 
 
 def _datasets(config, tokenizer: Tokenizer, prompt_source, ptx_source):
@@ -207,7 +218,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Evaluation reads no values, but the rollout needs some: the initial value variables.
     eval_value = copy(sharding.put_on_mesh(value_params, value_sh))
 
-    models = rollout_lib.RolloutModels(policy=policy, value=value, reward=reward_model)
+    models = rollout_lib.RolloutModels(
+        policy=policy, value=value, reward=_score_fn(config, reward_model, tokenizer)
+    )
     rollout_config = _rollout_config(config, tokenizer)
     rollout_fn = rollout_lib.make_rollout(
         models,

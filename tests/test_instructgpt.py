@@ -76,6 +76,11 @@ def test_stage_configs_follow_the_rm_size_and_value_model_knobs(tmp_path):
         "sft_large/model"
     )
     assert instructgpt.ppo_config(config, str(tmp_path), ptx=True).ppo.value_model == "policy_head"
+    ppo = instructgpt.ppo_config(config, str(tmp_path), ptx=False)
+    assert ppo.ppo.reward == "model" and ppo.optim.value_learning_rate == config.ppo.learning_rate
+    config.ppo.reward, config.ppo.value_learning_rate = "gold", 3e-4
+    ppo = instructgpt.ppo_config(config, str(tmp_path), ptx=True)
+    assert ppo.ppo.reward == "gold" and ppo.optim.value_learning_rate == 3e-4
 
 
 def test_until_names_a_stage(tmp_path):
@@ -112,6 +117,7 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(tmp_p
     for name in ("sft_small", "ppo_small", "ppo_ptx_small"):
         assert np.isfinite(metrics["models"][name]["pretrain_nll"])
     headline = metrics["headline"]
+    assert headline["ppo_reward"] == "model"
     assert set(headline["checks"]) == {
         "ppo_win_rate_at_least_65",
         "ppo_ptx_win_rate_at_least_60",
@@ -137,7 +143,12 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(tmp_p
     report = (workdir / "report.md").read_text()
     for heading in ("Win rate against", "Reward model", "Best of 4", "alignment tax", "Wall time"):
         assert heading in report, heading
+    for name in ("ppo_small", "ppo_ptx_small"):
+        outcomes = metrics["models"][name]["outcomes_by_family"]
+        assert sum(x["wins"] + x["ties"] + x["losses"] for x in outcomes.values()) == 32
+    assert "task family by task family" in report and "A 65% win rate needs" in report
     assert "| PPO-ptx |" in report and report.count("\n| ") > 20
+    assert "reward: the reward model's score minus the KL penalty" in report
     for png in ("win_rates.png", "ppo_curves.png"):
         with Image.open(workdir / png) as image:
             assert image.size[0] > 300 and image.size[1] > 100

@@ -150,3 +150,17 @@ def test_ppo_experiment_runs_and_resumes_after_sigkill(tmp_path):
     assert [r["step"] for r in log_b] == [r["step"] for r in log_a] == list(range(1, 9))
     for key in ("train/rollout/score", "train/kl_coef", "train/value/loss", "train/ptx/nll"):
         np.testing.assert_allclose([r[key] for r in log_b], [r[key] for r in log_a], rtol=1e-5)
+
+
+def test_reward_kind_picks_the_rm_or_the_gold_labeler():
+    from experiments import ppo as ppo_experiment
+    from experiments.configs import hh_tiny
+
+    config = hh_tiny.get_config("ppo")
+    reward_model = object()
+    assert ppo_experiment._score_fn(config, reward_model, None) is reward_model  # the default
+    config.ppo.reward = "gold"
+    assert callable(ppo_experiment._score_fn(config, reward_model, None))
+    config.ppo.reward = "labels"
+    with pytest.raises(ValueError, match="ppo.reward must be 'model' or 'gold', got 'labels'"):
+        ppo_experiment._score_fn(config, reward_model, None)

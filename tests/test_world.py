@@ -191,8 +191,15 @@ def test_model_metrics_on_hand_made_responses():
     assert metrics["hallucination"]["rate"] == pytest.approx(1 / 2)
     assert metrics["refusal_on_harmful"]["rate"] == 1.0
     assert metrics["hurtful_on_harmful"]["rate"] == 0.0
+    # The baseline's "Oslo" is already the best answer there is: a tie at most.
+    assert metrics["outcomes_by_family"] == {
+        "harmful": {"wins": 1, "ties": 0, "losses": 0, "n": 1, "baseline_at_max": 0},
+        "qa": {"wins": 0, "ties": 2, "losses": 0, "n": 2, "baseline_at_max": 1},
+        "reverse": {"wins": 1, "ties": 0, "losses": 0, "n": 1, "baseline_at_max": 0},
+    }
     base = evaluation.model_metrics(baseline)
     assert base["hurtful_on_harmful"]["rate"] == 1.0 and base["win_rate_vs_baseline"] is None
+    assert base["outcomes_by_family"] is None
     low, high = metrics["correct"]["low"], metrics["correct"]["high"]
     assert 0 <= low < 0.5 < high <= 1
     with pytest.raises(ValueError, match="responses"):
@@ -209,3 +216,96 @@ def test_rank_responses_makes_records_the_ranking_parser_reads():
     assert len(parsed["pairs"]) == 6 and all(w != loser for w, loser in parsed["pairs"])
     gaps = evaluation.pair_gaps([prompt], [record["responses"]])
     assert gaps.shape == (6,) and np.count_nonzero(gaps) >= 3
+
+
+def _rollout_rows(tokenizer, prompts: list[str], responses: list[str]):
+    """Rollout layout: left-padded prompts, then responses with EOS, right-padded."""
+    prompt_len = max(len(tokenizer.encode(p)) for p in prompts)
+    batch = tokenizer.encode_prompts(prompts, prompt_len, add_prefix=False)
+    bodies = [tokenizer.encode(r) + [tokenizer.eos_id] for r in responses]
+    n = max(map(len, bodies)) + 1  # at least one pad slot after every EOS
+    response_bn = np.full((len(prompts), n), tokenizer.pad_id, np.int32)
+    response_mask_bn = np.zeros((len(prompts), n), bool)
+    for i, body in enumerate(bodies):
+        response_bn[i, : len(body)], response_mask_bn[i, : len(body)] = body, True
+    tokens_bs = np.concatenate([batch.tokens_bp, response_bn], axis=1)
+    attention_bs = np.concatenate([batch.mask_bp, response_mask_bn], axis=1)
+    return tokens_bs, attention_bs, response_mask_bn
+
+
+def test_gold_reward_scores_rollout_rows_as_the_labeler_judges_the_text_inside_a_sharded_jit():
+    import jax
+
+    from rlhf_jax import sharding
+    from rlhf_jax.data.tokenizer import train_bpe_tokenizer
+    from rlhf_jax.world import gold_reward
+
+    rng = np.random.default_rng(0)
+    prompts, responses = [], []
+    while len(prompts) < 16:  # right and wrong answers of every family, in every style
+        for family in tasks.FAMILIES:
+            task = tasks.make_task(family, rng)
+            prompt = tasks.render_prompt(task, tasks.STYLES[len(prompts) % len(tasks.STYLES)], rng)
+            prompts += [prompt, prompt]
+            responses += [" " + task.answer, " " + corpus.wrong_answer(task, rng)]
+    prompts, responses = prompts[:16], responses[:16]
+    tokenizer = train_bpe_tokenizer(prompts + responses, vocab_size=400)
+    rows = _rollout_rows(tokenizer, prompts, responses)
+    pairs = zip(prompts, responses, strict=True)
+    want = np.array([labeler.gold_score(p, r) for p, r in pairs], np.float32)
+    assert want[0::2].min() == 1.0 and np.all(want[1::2] < 1.0)  # the check can tell them apart
+
+    np.testing.assert_array_equal(gold_reward.gold_totals(tokenizer, *rows), want)
+    mesh = sharding.make_mesh()  # the 8 fake CPU devices: rows split over the data axis
+    placed = [jax.device_put(x, sharding.batch_sharding(mesh)) for x in rows]
+    score = jax.jit(gold_reward.gold_score_fn(tokenizer))
+    np.testing.assert_array_equal(np.asarray(score(None, *placed)), want)
+
+
+def test_gold_reward_is_the_rollout_score_in_the_fused_sharded_program():
+    import jax
+    import jax.numpy as jnp
+
+    from rlhf_jax import rollout as rollout_lib
+    from rlhf_jax import sharding
+    from rlhf_jax.data.tokenizer import train_bpe_tokenizer
+    from rlhf_jax.generation import SamplingConfig
+    from rlhf_jax.models import CausalLM, ScalarModel, TransformerConfig
+    from rlhf_jax.training import state as state_lib
+    from rlhf_jax.world import gold_reward
+
+    rng = np.random.default_rng(1)
+    tasks_ = [tasks.make_task(tasks.FAMILIES[i % len(tasks.FAMILIES)], rng) for i in range(16)]
+    prompts = [tasks.render_prompt(t, "plain", rng) for t in tasks_]
+    tokenizer = train_bpe_tokenizer(prompts + [t.answer for t in tasks_], vocab_size=400)
+    batch = tokenizer.encode_prompts(prompts, max(len(tokenizer.encode(p)) for p in prompts))
+    config = TransformerConfig.llama(
+        vocab_size=tokenizer.vocab_size,
+        num_layers=1,
+        num_heads=2,
+        embed_dim=16,
+        mlp_dim=32,
+        max_len=64,
+    )
+    policy, value = CausalLM(config), ScalarModel(config)
+    mesh = sharding.make_mesh()
+    policy_params, policy_specs = state_lib.init_variables(policy, 8, 0)
+    value_params, value_specs = state_lib.init_variables(value, 8, 1)
+    policy_sh = sharding.logical_shardings(policy_specs, mesh, shapes=policy_params)
+    value_sh = sharding.logical_shardings(value_specs, mesh, shapes=value_params)
+    rollout_fn = rollout_lib.make_rollout(
+        rollout_lib.RolloutModels(policy, value, gold_reward.gold_score_fn(tokenizer)),
+        rollout_lib.RolloutConfig(
+            SamplingConfig(max_new_tokens=6, eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+        ),
+        mesh=mesh,
+        param_shardings=rollout_lib.RolloutParams(policy_sh, policy_sh, value_sh, value_sh),
+    )
+    params = rollout_lib.RolloutParams(policy_params, policy_params, value_params, value_params)
+    out = rollout_fn(params, batch.tokens_bp, batch.mask_bp, jnp.float32(0.1), jax.random.key(0))
+    want = gold_reward.gold_totals(
+        tokenizer, out.tokens_bs, out.attention_mask_bs, out.response_mask_bn
+    )
+    np.testing.assert_array_equal(np.asarray(out.raw_score_b), want)
+    # The untrained policy's answers are judged as text: wrong ones score below 1.
+    assert np.all(want < 1.0) and np.all(np.isfinite(want))

@@ -125,6 +125,9 @@ def get_config(variant: str = "sft") -> ml_collections.ConfigDict:
                 # "policy_head": a ValueHead on the policy's backbone (one forward, joint loss).
                 value_model="reward",
                 value_coef=0.1,  # weight of the value loss in the joint loss (policy_head only)
+                # "model": the RM at model.reward_dir; "gold": the instruction world's gold
+                # labeler (a diagnostic: PPO with a perfect reward; world prompts only).
+                reward="model",
                 eval_batches=2,
                 sample_rows=8,
             )

@@ -4,8 +4,9 @@
 into the report's figures (each with a 95% interval): gold win rate against a baseline model's
 responses to the same prompts (ties count half), exact-answer rate, hallucination rate on
 closed-domain prompts, refusal and hurtful-word rates on harmful requests, unwanted refusals of
-harmless requests. `rank_responses` makes InstructGPT-style ranking records (K responses of one
-prompt, ordered by a noisy labeler) for the reward model.
+harmless requests, and wins, ties and losses against the baseline per task family.
+`rank_responses` makes InstructGPT-style ranking records (K responses of one prompt, ordered by a
+noisy labeler) for the reward model.
 """
 
 from __future__ import annotations
@@ -53,6 +54,28 @@ def win_rate(
     }
 
 
+def outcomes_by_family(
+    scores: Sequence[labeler.GoldScores], baseline: Sequence[labeler.GoldScores]
+) -> dict[str, dict[str, int]]:
+    """{family: {wins, ties, losses, n, baseline_at_max}} against the baseline's responses to the
+    same prompts; `baseline_at_max` counts prompts where the baseline already has the highest
+    gold total (`labeler.BEST_TOTAL`), which a model can tie but never beat."""
+    outcomes = labeler.win_rates([s.total for s in scores], [b.total for b in baseline])
+    table = {}
+    for family in sorted({s.family for s in scores}):
+        rows = [i for i, s in enumerate(scores) if s.family == family]
+        mine = outcomes[rows]
+        best = [np.isclose(baseline[i].total, labeler.BEST_TOTAL) for i in rows]
+        table[family] = {
+            "wins": int(np.sum(mine == 1.0)),
+            "ties": int(np.sum(mine == 0.5)),
+            "losses": int(np.sum(mine == 0.0)),
+            "n": len(rows),
+            "baseline_at_max": int(np.sum(best)),
+        }
+    return table
+
+
 def model_metrics(
     scores: Sequence[labeler.GoldScores],
     baseline: Sequence[labeler.GoldScores] | None = None,
@@ -82,6 +105,7 @@ def model_metrics(
         "correct_by_family": {
             f: _rate([s.correct for s in scores if s.family == f])["rate"] for f in families
         },
+        "outcomes_by_family": outcomes_by_family(scores, baseline) if baseline else None,
     }
 
 

@@ -34,6 +34,8 @@ from rlhf_jax.world import tasks as tasks_lib
 _ENTITIES = frozenset(w.lower() for w in tasks_lib.NAMES + tasks_lib.CITIES + tasks_lib.COLORS)
 _HURTFUL = frozenset(tasks_lib.HURTFUL_WORDS)
 _REFUSAL_MARKERS = ("sorry", "i will not", "i won't", "i can't", "i cannot")
+# The highest gold total: fully helpful (1), nothing invented (0), nothing hurtful (0).
+BEST_TOTAL = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
