@@ -110,6 +110,11 @@ def _score_fn(config, reward_model: ScalarModel, tokenizer: Tokenizer):
     if kind == "model":
         return reward_model
     if kind == "gold":
+        if not config.data.name.startswith("instruction_world/"):
+            raise ValueError(
+                "ppo.reward='gold' judges with the instruction world's gold labeler, which only "
+                f"reads that world's prompts; data.name is {config.data.name!r}."
+            )
         return gold_reward.gold_score_fn(tokenizer)
     raise ValueError(f"ppo.reward must be 'model' or 'gold', got {kind!r}.")
 

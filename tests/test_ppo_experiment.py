@@ -160,6 +160,9 @@ def test_reward_kind_picks_the_rm_or_the_gold_labeler():
     reward_model = object()
     assert ppo_experiment._score_fn(config, reward_model, None) is reward_model  # the default
     config.ppo.reward = "gold"
+    with pytest.raises(ValueError, match="only reads that world's prompts; data.name is 'anthr"):
+        ppo_experiment._score_fn(config, reward_model, None)
+    config.data.name = "instruction_world/prompts"
     assert callable(ppo_experiment._score_fn(config, reward_model, None))
     config.ppo.reward = "labels"
     with pytest.raises(ValueError, match="ppo.reward must be 'model' or 'gold', got 'labels'"):
