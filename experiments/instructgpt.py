@@ -163,6 +163,8 @@ def ppo_config(config, workdir: str, ptx: bool) -> ml_collections.ConfigDict:
         eval_batches=1,
         value_model=p.value_model,
         reward=p.reward,
+        advantage=p.advantage,
+        samples_per_prompt=p.samples_per_prompt,
     )
     c.ptx.update(name="instruction_world/pretrain", split="train", eval_split="validation")
     _common(c, config, p.iterations, p.batch_size, p.learning_rate)

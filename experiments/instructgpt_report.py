@@ -197,11 +197,19 @@ def _ppo_settings(p) -> str:
         if p.get("reward", "model") == "gold"
         else "the reward model's score"
     )
+    samples = p.get("samples_per_prompt", 1)
+    advantage = (
+        f"each response's return minus the mean of the other {samples - 1} to its prompt"
+        if p.get("advantage", "gae") == "leave_one_out"
+        else "GAE on the value model"
+    )
     return (
-        f"{p.iterations} iterations of {p.batch_size} prompts ({p.epochs} epochs x "
-        f"{p.minibatches} minibatches each), learning rate {p.learning_rate:g} (value model "
-        f"{p.get('value_learning_rate', p.learning_rate):g}), KL coefficient {p.kl_coef:g}; "
-        f"reward: {reward} minus the KL penalty."
+        f"{p.iterations} iterations of {p.batch_size} prompts x {samples} "
+        f"sample{'s' if samples > 1 else ''} "
+        f"({p.epochs} epochs x {p.minibatches} minibatches each), learning rate "
+        f"{p.learning_rate:g} (value model {p.get('value_learning_rate', p.learning_rate):g}), "
+        f"KL coefficient {p.kl_coef:g}; reward: {reward} minus the KL penalty; advantages: "
+        f"{advantage}."
     )
 
 

@@ -24,6 +24,7 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import app, flags, logging
 
 from experiments import common
@@ -84,6 +85,8 @@ def _ppo_config(config) -> ppo.PPOConfig:
         ptx_coef=p.ptx_coef,
         value_coef=p.get("value_coef", 0.1),
         temperature=p.temperature,
+        advantage=p.get("advantage", "gae"),
+        group_size=p.get("samples_per_prompt", 1),
         kl=ppo.KLConfig(
             kind=p.kl_kind, init_coef=p.kl_coef, target=p.kl_target, horizon=p.kl_horizon
         ),
@@ -119,6 +122,20 @@ def _score_fn(config, reward_model: ScalarModel, tokenizer: Tokenizer):
     raise ValueError(f"ppo.reward must be 'model' or 'gold', got {kind!r}.")
 
 
+def repeat_prompts(batch: dict[str, np.ndarray], samples: int) -> dict[str, np.ndarray]:
+    """Each prompt row on `samples` consecutive rows (the leave-one-out groups). The per-row
+    counts ("truncated_b", "skipped_b") stay on the first row of each group, so the loop's
+    totals count prompts, not samples."""
+    out = {}
+    for key, x in batch.items():
+        if key in ("truncated_b", "skipped_b"):
+            out[key] = np.zeros((x.shape[0] * samples, *x.shape[1:]), x.dtype)
+            out[key][::samples] = x
+        else:
+            out[key] = np.repeat(x, samples, axis=0)
+    return out
+
+
 def _datasets(config, tokenizer: Tokenizer, prompt_source, ptx_source):
     """One grain dataset of iteration batches: prompts (+ "ptx_..." pretraining rows)."""
     prompts = pipeline.make_dataset(
@@ -127,6 +144,9 @@ def _datasets(config, tokenizer: Tokenizer, prompt_source, ptx_source):
         batch_size=config.train.batch_size,
         seed=config.seed,
     )
+    samples = config.ppo.get("samples_per_prompt", 1)
+    if samples > 1:
+        prompts = prompts.map(lambda batch: repeat_prompts(batch, samples))
     if ptx_source is None:
         return prompts
     spec = common.sequence_spec(config.data)
@@ -190,8 +210,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"ppo.value_model must be 'reward' or 'policy_head', got {value_kind!r}.")
     mesh = sharding.mesh_from_config(config.mesh)
     ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    samples = config.ppo.get("samples_per_prompt", 1)
     for name, rows in (
-        ("train.batch_size", config.train.batch_size),
+        ("train.batch_size x ppo.samples_per_prompt", config.train.batch_size * samples),
         ("ppo.ptx_batch_size", config.ppo.ptx_batch_size),
     ):
         if rows % (ways * config.ppo.minibatches):

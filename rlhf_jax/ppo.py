@@ -1,4 +1,5 @@
-"""PPO and PPO-ptx: GAE, advantage whitening, KL controllers, and the update as one jitted call.
+"""PPO and PPO-ptx: GAE (or a leave-one-out baseline), advantage whitening, KL controllers, and
+the update as one jitted call.
 
 `make_ppo_update` builds a pure `update(state, rollout, ptx_batch, rng) -> (state, metrics)`:
 advantages and returns are computed once from the frozen rollout, then E epochs x M shuffled
@@ -90,6 +91,28 @@ def whiten(x_bn: jax.Array, mask_bn: jax.Array, *, shift_mean: bool = True) -> j
     if not shift_mean:
         out = out + mean
     return out * mask_f
+
+
+def leave_one_out_advantages(
+    rewards_bn: jax.Array, mask_bn: jax.Array, group_size: int
+) -> jax.Array:
+    """float32 [B, N]: each response's return minus the mean return of the other responses to
+    the same prompt (RLOO, Ahmadian et al. 2024), on every one of its response tokens.
+
+    The B rows hold B / group_size prompts, each repeated on `group_size` consecutive rows. The
+    return is the sum of the row's rewards (gamma = 1: the score and the KL penalties), so the
+    baseline knows each prompt's difficulty without a value model.
+    """
+    rows = rewards_bn.shape[0]
+    if group_size < 2 or rows % group_size:
+        raise ValueError(
+            f"Leave-one-out needs groups of >= 2 rows dividing the batch; got {rows} rows in "
+            f"groups of {group_size}."
+        )
+    mask_f = mask_bn.astype(jnp.float32)
+    returns_gk = jnp.sum(rewards_bn * mask_f, axis=-1).reshape(-1, group_size)
+    others_gk = (jnp.sum(returns_gk, axis=-1, keepdims=True) - returns_gk) / (group_size - 1)
+    return (returns_gk - others_gk).reshape(rows, 1) * mask_f
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,10 +218,19 @@ class PPOConfig:
     value_coef: float = 0.1
     temperature: float = 1.0  # the sampling temperature (log-probs use softmax(logits / T))
     kl: KLConfig = KLConfig()
+    # "gae": GAE on the value model's estimates (InstructGPT). "leave_one_out": each response's
+    # return minus the mean of the other `group_size` - 1 responses to its prompt (the rollout
+    # must hold each prompt on `group_size` consecutive rows); the value model still trains.
+    advantage: str = "gae"
+    group_size: int = 1
 
     def __post_init__(self):
         if self.epochs < 1 or self.minibatches < 1:
             raise ValueError(f"epochs and minibatches must be >= 1, got {self}.")
+        if self.advantage not in ("gae", "leave_one_out"):
+            raise ValueError(f"advantage must be 'gae' or 'leave_one_out', got {self.advantage!r}.")
+        if self.advantage == "leave_one_out" and self.group_size < 2:
+            raise ValueError(f"advantage='leave_one_out' needs group_size >= 2, got {self}.")
         if self.ptx_coef < 0 or self.entropy_coef < 0 or self.value_coef < 0:
             raise ValueError("ptx_coef, entropy_coef and value_coef must be >= 0.")
 
@@ -323,6 +355,8 @@ def make_ppo_update(
         advantages_bn, returns_bn = gae(
             batch.rewards_bn, batch.values_bn, mask_bn, gamma=config.gamma, lam=config.lam
         )
+        if config.advantage == "leave_one_out":
+            advantages_bn = leave_one_out_advantages(batch.rewards_bn, mask_bn, config.group_size)
         if config.whiten_advantages:
             advantages_bn = whiten(advantages_bn, mask_bn)
         data = {

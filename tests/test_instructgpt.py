@@ -149,6 +149,7 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(tmp_p
     assert "task family by task family" in report and "A 65% win rate needs" in report
     assert "| PPO-ptx |" in report and report.count("\n| ") > 20
     assert "reward: the reward model's score minus the KL penalty" in report
+    assert "advantages: GAE on the value model" in report
     for png in ("win_rates.png", "ppo_curves.png"):
         with Image.open(workdir / png) as image:
             assert image.size[0] > 300 and image.size[1] > 100

@@ -104,6 +104,61 @@ def test_whiten_uses_masked_entries_only():
     assert np.all(out[~np.asarray(mask)] == 0)
 
 
+def test_leave_one_out_advantages_hand_computed():
+    rewards = jnp.array(
+        [[0.1, 0.2, 1.0], [0.0, -0.5, 9.0], [2.0, 9.0, 9.0], [1.0, 1.0, 1.0]], jnp.float32
+    )
+    mask = jnp.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], bool)
+    # Returns 1.3, -0.5 | 2.0, 3.0 (masked rewards do not count); groups of two rows.
+    out = np.asarray(ppo.leave_one_out_advantages(rewards, mask, 2))
+    want = np.array([[1.8] * 3, [-1.8, -1.8, 0.0], [-1.0, 0.0, 0.0], [1.0] * 3])
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+    # One group of four: each return minus the mean of the other three.
+    returns = np.array([1.3, -0.5, 2.0, 3.0])
+    others = (returns.sum() - returns) / 3
+    out = np.asarray(ppo.leave_one_out_advantages(rewards, mask, 4))
+    np.testing.assert_allclose(out, (returns - others)[:, None] * np.asarray(mask), rtol=1e-6)
+    with pytest.raises(ValueError, match="4 rows in groups of 3"):
+        ppo.leave_one_out_advantages(rewards, mask, 3)
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        ppo.PPOConfig(advantage="leave_one_out", group_size=1)
+    with pytest.raises(ValueError, match="'gae' or 'leave_one_out', got 'rloo'"):
+        ppo.PPOConfig(advantage="rloo", group_size=4)
+
+
+def test_leave_one_out_baseline_removes_what_every_response_to_a_prompt_shares():
+    # A reward that is the same for every response, and a policy equal to its reference (so no
+    # KL penalty): leave-one-out advantages are all zero and the policy does not move; GAE's
+    # advantages come from the (untrained) value model's estimates, and it does move.
+    models, params, config, _ = make_setup(reward=lambda p, t, a, m: jnp.ones(t.shape[0]))
+    tokens, mask = prompts(4)
+    experience = rollout_lib.make_rollout(models, config)(
+        params,
+        np.repeat(tokens, 2, axis=0),
+        np.repeat(mask, 2, axis=0),
+        jnp.float32(0.1),
+        jax.random.key(0),
+    )
+    tx = optax.adam(1e-2)
+    moved = {}
+    for advantage, group_size in (("leave_one_out", 2), ("gae", 1)):
+        ppo_config = ppo.PPOConfig(
+            epochs=2, minibatches=2, advantage=advantage, group_size=group_size
+        )
+        update = jax.jit(ppo.make_ppo_update(models.policy, models.value, tx, tx, ppo_config))
+        state = ppo.create_ppo_state(params.policy, params.value, tx, tx, ppo.KLConfig(), seed=0)
+        state, _ = update(state, experience, None, jax.random.key(1))
+        moved[advantage] = max(
+            float(jnp.max(jnp.abs(a - b)))
+            for a, b in zip(
+                jax.tree_util.tree_leaves(state.policy.params),
+                jax.tree_util.tree_leaves(params.policy),
+                strict=True,
+            )
+        )
+    assert moved["leave_one_out"] == 0.0 and moved["gae"] > 1e-4, moved
+
+
 def test_ppo_policy_loss_hand_computed():
     logp = jnp.log(jnp.array([[0.5, 0.3, 0.2]]))
     old = jnp.log(jnp.array([[0.25, 0.3, 0.4]]))  # ratios 2.0, 1.0, 0.5
@@ -254,10 +309,16 @@ def ptx_batch(rows: int = 8):
     return {"tokens_bt": tokens, "mask_bt": ones, "loss_mask_bt": ones}
 
 
-def make_iteration(models, config, *, lr=3e-3, ptx_coef=0.0, mesh=None, specs=None, params=None):
+def make_iteration(
+    models, config, *, lr=3e-3, ptx_coef=0.0, mesh=None, specs=None, params=None, **ppo_kwargs
+):
     policy_tx, value_tx = optax.adam(lr), optax.adam(1e-2)
     ppo_config = ppo.PPOConfig(
-        epochs=4, minibatches=2, ptx_coef=ptx_coef, kl=ppo.KLConfig("adaptive", 0.05, 4.0, 100)
+        epochs=4,
+        minibatches=2,
+        ptx_coef=ptx_coef,
+        kl=ppo.KLConfig("adaptive", 0.05, 4.0, 100),
+        **ppo_kwargs,
     )
     update = ppo.make_ppo_update(models.policy, models.value, policy_tx, value_tx, ppo_config)
     state = ppo.create_ppo_state(
@@ -313,13 +374,21 @@ def test_rollout_and_update_compile_once_and_move_no_data_implicitly():
     assert metrics["time/rollout_s"][0] > 0 and metrics["time/update_s"][0] > 0
 
 
-def test_ppo_iteration_sharded_equals_single_device():
+@pytest.mark.parametrize("advantage, group_size", [("gae", 1), ("leave_one_out", 2)])
+def test_ppo_iteration_sharded_equals_single_device(advantage, group_size):
     models, params, config, specs = make_setup(missing_eos_penalty=-1.0)
     tokens, mask = prompts()
     results = []
     for mesh in (None, sharding.make_mesh(data=2, fsdp=2, tensor=2)):
         state, rollout_fn, update_fn = make_iteration(
-            models, config, ptx_coef=0.5, mesh=mesh, specs=specs, params=params
+            models,
+            config,
+            ptx_coef=0.5,
+            mesh=mesh,
+            specs=specs,
+            params=params,
+            advantage=advantage,
+            group_size=group_size,
         )
         iteration = ppo.make_iteration(rollout_fn, update_fn, params.reference, params.reward)
         batch = iteration_batch(tokens, mask, ptx_batch())

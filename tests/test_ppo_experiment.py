@@ -167,3 +167,20 @@ def test_reward_kind_picks_the_rm_or_the_gold_labeler():
     config.ppo.reward = "labels"
     with pytest.raises(ValueError, match="ppo.reward must be 'model' or 'gold', got 'labels'"):
         ppo_experiment._score_fn(config, reward_model, None)
+
+
+def test_repeat_prompts_makes_consecutive_groups_and_keeps_counts_per_prompt():
+    from experiments import ppo as ppo_experiment
+
+    batch = {
+        "tokens_bp": np.array([[1, 2], [3, 4]], np.int32),
+        "mask_bp": np.array([[False, True], [True, True]]),
+        "truncated_b": np.array([1, 0], np.int32),
+        "skipped_b": np.array([0, 1], np.int32),
+    }
+    out = ppo_experiment.repeat_prompts(batch, 3)
+    np.testing.assert_array_equal(out["tokens_bp"], [[1, 2]] * 3 + [[3, 4]] * 3)
+    np.testing.assert_array_equal(out["mask_bp"], [[False, True]] * 3 + [[True, True]] * 3)
+    np.testing.assert_array_equal(out["truncated_b"], [1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(out["skipped_b"], [0, 0, 0, 1, 0, 0])
+    assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in batch.items()}

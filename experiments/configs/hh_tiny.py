@@ -128,6 +128,10 @@ def get_config(variant: str = "sft") -> ml_collections.ConfigDict:
                 # "model": the RM at model.reward_dir; "gold": the instruction world's gold
                 # labeler (a diagnostic: PPO with a perfect reward; world prompts only).
                 reward="model",
+                # "gae" (InstructGPT) or "leave_one_out": each response's return minus the mean
+                # of the other samples_per_prompt - 1 responses to its prompt (RLOO).
+                advantage="gae",
+                samples_per_prompt=1,  # rollout rows per prompt (>= 2 for leave_one_out)
                 eval_batches=2,
                 sample_rows=8,
             )

@@ -107,6 +107,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
             # and 52.7% with 4x the prompts, 10x the learning rates and 200 iterations
             # (experiments/results/instructgpt_ablations).
             reward="model",
+            # "gae" (the paper) or "leave_one_out" over samples_per_prompt responses per prompt
+            # (RLOO; batch_size counts prompts, so a rollout holds batch_size x samples rows).
+            advantage="gae",
+            samples_per_prompt=1,
         )
     )
     c.eval = ml_collections.ConfigDict(dict(temperature=0.0, batch_size=64))
