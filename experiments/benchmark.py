@@ -965,6 +965,7 @@ def _one_workload(name, preset, preset_name, repeats, side, with_torch, peak) ->
         date=datetime.date.today().isoformat(),
         machine=f"{platform.machine()} {os.cpu_count()} cpus, {platform.processor() or '?'}",
         jax_version=jax.__version__,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
     )
     return result
 
@@ -986,7 +987,8 @@ def markdown_table(results: list[dict]) -> str:
             f", torch {torch_info['version']} on {torch_info.get('device', 'cpu')}"
             if torch_info
             else ""
-        ),
+        )
+        + (f", XLA_FLAGS={first['xla_flags']!r}" if first.get("xla_flags") else ""),
         "",
         "| workload | unit | rlhf_jax median | run spread | compile | of fp32 matmul peak "
         "| memory: RSS growth (XLA temp) | PyTorch median | run spread | PyTorch memory "
@@ -1025,7 +1027,8 @@ def main(argv):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if _FROM_JSONL.value:
         with open(_FROM_JSONL.value) as f:
-            print(markdown_table([json.loads(line) for line in f if line.strip()]))
+            # Saved stdout holds the JSON lines and then, unless --notable, the table itself.
+            print(markdown_table([json.loads(line) for line in f if line.startswith("{")]))
         return
     if _MATMULS.value:
         preset = PRESETS[common.PRESET.value or "design"]

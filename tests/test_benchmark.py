@@ -91,3 +91,26 @@ def test_table_reports_the_gpu_memory_of_a_cuda_baseline():
     table = markdown_table([result])
     assert "torch x on cuda" in table.splitlines()[0]
     assert "| 1,234 MiB GPU | **2.00x** |" in table
+
+
+def test_table_from_saved_stdout_skips_the_printed_table_and_names_xla_flags(tmp_path):
+    """`--from_jsonl` reads a file saved from stdout, JSON lines followed by the table, and the
+    table's first line names the XLA flags the run had."""
+    with open("experiments/results/benchmark_gpu_h200_xla_flags/no_triton_gemm.jsonl") as f:
+        lines = [line for line in f if line.strip()]
+    assert len(lines) == 5 and all(line.startswith("{") for line in lines)
+    from experiments.benchmark import markdown_table
+
+    table = markdown_table([json.loads(line) for line in lines])
+    saved = tmp_path / "saved_stdout.jsonl"
+    saved.write_text("".join(lines) + "\n" + table + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.benchmark", f"--from_jsonl={saved}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == table.strip()
+    assert "XLA_FLAGS='--xla_gpu_enable_triton_gemm=false'" in table.splitlines()[0]
+    assert table.count("| e_ppo_update |") == 1
