@@ -165,6 +165,7 @@ def ppo_config(config, workdir: str, ptx: bool) -> ml_collections.ConfigDict:
         reward=p.reward,
         advantage=p.advantage,
         samples_per_prompt=p.samples_per_prompt,
+        temperature=p.temperature,
     )
     c.ptx.update(name="instruction_world/pretrain", split="train", eval_split="validation")
     _common(c, config, p.iterations, p.batch_size, p.learning_rate)

@@ -206,7 +206,8 @@ def _ppo_settings(p) -> str:
     return (
         f"{p.iterations} iterations of {p.batch_size} prompts x {samples} "
         f"sample{'s' if samples > 1 else ''} "
-        f"({p.epochs} epochs x {p.minibatches} minibatches each), learning rate "
+        f"({p.epochs} epochs x {p.minibatches} minibatches each) sampled at temperature "
+        f"{p.get('temperature', 1.0):g}, learning rate "
         f"{p.learning_rate:g} (value model {p.get('value_learning_rate', p.learning_rate):g}), "
         f"KL coefficient {p.kl_coef:g}; reward: {reward} minus the KL penalty; advantages: "
         f"{advantage}."

@@ -81,6 +81,10 @@ def test_stage_configs_follow_the_rm_size_and_value_model_knobs(tmp_path):
     config.ppo.reward, config.ppo.value_learning_rate = "gold", 3e-4
     ppo = instructgpt.ppo_config(config, str(tmp_path), ptx=True)
     assert ppo.ppo.reward == "gold" and ppo.optim.value_learning_rate == 3e-4
+    assert ppo.ppo.temperature == 1.0
+    config.ppo.temperature = 0.5
+    ppo = instructgpt.ppo_config(config, str(tmp_path), ptx=False)
+    assert ppo.ppo.temperature == 0.5  # rollouts sample at it, and PPO's log-probs use it
 
 
 def test_until_names_a_stage(tmp_path):

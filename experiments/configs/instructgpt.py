@@ -111,6 +111,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
             # (RLOO; batch_size counts prompts, so a rollout holds batch_size x samples rows).
             advantage="gae",
             samples_per_prompt=1,
+            # Rollouts sample softmax(logits / T) and PPO optimises that distribution; the
+            # evaluation decodes greedily.
+            temperature=1.0,
         )
     )
     c.eval = ml_collections.ConfigDict(dict(temperature=0.0, batch_size=64))
