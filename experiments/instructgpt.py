@@ -446,8 +446,9 @@ def _pretrain_nll(config, workdir: str, model_config, params, tokenizer) -> floa
     return means(totals)["nll"]
 
 
-def evaluated_models(config) -> list[tuple[str, str, bool]]:
-    """(name, stage folder, few-shot prompts) of every model the report compares."""
+def evaluated_models(config, workdir: str) -> list[tuple[str, str, bool]]:
+    """(name, model folder, few-shot prompts) of every model the report compares: this run's,
+    then `config.eval.extra_models` ("name=model_dir,..."), which are answered zero-shot."""
     models = []
     for size in config.sizes:
         models += [
@@ -455,15 +456,35 @@ def evaluated_models(config) -> list[tuple[str, str, bool]]:
             (f"base_{size}_few_shot", f"pretrain_{size}", True),
             (f"sft_{size}", f"sft_{size}", False),
         ]
-    return models + [("ppo_small", "ppo", False), ("ppo_ptx_small", "ppo_ptx", False)]
+    models += [("ppo_small", "ppo", False), ("ppo_ptx_small", "ppo_ptx", False)]
+    models = [(name, os.path.join(workdir, stage, "model"), shot) for name, stage, shot in models]
+    return models + [(name, path, False) for name, path in extra_models(config, models)]
+
+
+def extra_models(config, own: list[tuple[str, str, bool]] = ()) -> list[tuple[str, str]]:
+    """(name, model_dir) of `config.eval.extra_models`, checked: each "name=model_dir" item has
+    a free name (not one of `own`'s) and a folder holding a model."""
+    taken, out = {name for name, _, _ in own}, []
+    for item in filter(None, (x.strip() for x in config.eval.get("extra_models", "").split(","))):
+        name, sep, model_dir = (part.strip() for part in item.partition("="))
+        if not sep or not name or not model_dir:
+            raise ValueError(f"eval.extra_models: expected 'name=model_dir', got {item!r}.")
+        if name in taken:
+            raise ValueError(f"eval.extra_models: the name {name!r} is taken; choose another.")
+        if not os.path.isfile(os.path.join(model_dir, "config.json")):
+            raise FileNotFoundError(
+                f"eval.extra_models: {name}={model_dir} holds no model (no config.json)."
+            )
+        taken.add(name)
+        out.append((name, os.path.abspath(model_dir)))
+    return out
 
 
 def stage_evaluate(config, workdir: str, out: str) -> dict:
     """Every model answers the held-out prompts (same decoding); the gold labeler judges."""
     prompts = [r["prompt"] for r in _records(config, workdir, "prompts", "test")]
     responses, scores, nlls = {}, {}, {}
-    for name, stage, few_shot in evaluated_models(config):
-        model_dir = os.path.join(workdir, stage, "model")
+    for name, model_dir, few_shot in evaluated_models(config, workdir):
         shot_rng = np.random.default_rng([config.seed, 11])
         asked = [few_shot_prompt(p, shot_rng) for p in prompts] if few_shot else prompts
         sampler, params, tokenizer, model_config = _sampler_for(
@@ -535,6 +556,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, until: str | None = Non
     names = [name for name, _ in all_stages]
     if until is not None and until not in names:
         raise ValueError(f"Unknown stage until={until!r}; the stages are {names}.")
+    evaluated_models(config, workdir)  # a bad eval.extra_models fails now, not after the stages
     os.makedirs(workdir, exist_ok=True)
     common.write_config(config, workdir)
     summaries, seconds = {}, {}

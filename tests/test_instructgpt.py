@@ -87,6 +87,29 @@ def test_stage_configs_follow_the_rm_size_and_value_model_knobs(tmp_path):
     assert ppo.ppo.temperature == 0.5  # rollouts sample at it, and PPO's log-probs use it
 
 
+def test_extra_models_join_the_evaluation_and_bad_ones_fail_before_any_stage(tmp_path):
+    other = tmp_path / "other_run" / "sft_small" / "model"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text("{}")
+    config = presets.get_config("smoke")
+    workdir = str(tmp_path / "igpt")
+    own = instructgpt.evaluated_models(config, workdir)
+    assert own[-1] == ("ppo_ptx_small", f"{workdir}/ppo_ptx/model", False)
+    config.eval.extra_models = f" sft_other = {other} ,"
+    models = instructgpt.evaluated_models(config, workdir)
+    assert models == own + [("sft_other", str(other), False)]  # answered zero-shot
+    for extra, error in [
+        ("sft_other", "expected 'name=model_dir'"),
+        (f"sft_small={other}", "the name 'sft_small' is taken"),
+        (f"a={other},a={other}", "the name 'a' is taken"),
+        (f"a={tmp_path / 'missing'}", "holds no model"),
+    ]:
+        config.eval.extra_models = extra
+        with pytest.raises((ValueError, FileNotFoundError), match=error):
+            instructgpt.run(config, workdir)
+    assert not (tmp_path / "igpt").exists()  # nothing ran, nothing was written
+
+
 def test_until_names_a_stage(tmp_path):
     with pytest.raises(ValueError, match="Unknown stage until='pretrain'.*pretrain_small"):
         instructgpt.run(presets.get_config("smoke"), str(tmp_path), until="pretrain")
@@ -109,7 +132,8 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(tmp_p
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert list(metrics["stages_wall_s"]) == STAGES
     assert all(s > 0 for s in metrics["stages_wall_s"].values())
-    names = [name for name, _, _ in instructgpt.evaluated_models(presets.get_config("smoke"))]
+    config = presets.get_config("smoke")
+    names = [name for name, _, _ in instructgpt.evaluated_models(config, str(workdir))]
     assert sorted(metrics["models"]) == sorted(names)
     for name, m in metrics["models"].items():
         win = m["win_rate_vs_baseline"]

@@ -116,7 +116,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
             temperature=1.0,
         )
     )
-    c.eval = ml_collections.ConfigDict(dict(temperature=0.0, batch_size=64))
+    # extra_models: "name=model_dir,...", more models (a `model` folder of another run's stage,
+    # say) answered and judged beside this run's, against this run's small SFT model.
+    c.eval = ml_collections.ConfigDict(dict(temperature=0.0, batch_size=64, extra_models=""))
     # Best-of-N on the held-out prompts: N samples of the small SFT model at this temperature.
     c.best_of_n = ml_collections.ConfigDict(dict(n=8, temperature=1.0))
     if preset == "smoke":
