@@ -507,7 +507,10 @@ def stage_evaluate(config, workdir: str, out: str) -> dict:
                 for name in responses:
                     row[name] = {"response": responses[name][i], "gold": scores[name][i].total}
                 f.write(json.dumps(row) + "\n")
-    return {"prompts": len(prompts), "baseline": "sft_small", "models": metrics}
+    summary = {"prompts": len(prompts), "baseline": "sft_small", "models": metrics}
+    if extra := extra_models(config):
+        summary["extra_models"] = dict(extra)
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------

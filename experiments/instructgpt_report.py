@@ -144,6 +144,8 @@ def write_report(config, workdir: str, summaries: dict, seconds: dict) -> dict:
         "ppo_curves": curves,
         "statements": statements,
     }
+    if summaries["evaluate"].get("extra_models"):
+        metrics["extra_models"] = summaries["evaluate"]["extra_models"]
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     with open(os.path.join(workdir, "report.md"), "w") as f:
@@ -162,7 +164,7 @@ def _family_outcomes(models: dict, names=("ppo_small", "ppo_ptx_small")) -> list
         "### Against SFT, task family by task family\n",
         "Wins / ties / losses of each model's answer against SFT's on the same prompt.\n",
         "| task family | prompts | SFT's answer already the best there is | "
-        + " | ".join(NICE[name] for name in names)
+        + " | ".join(NICE.get(name, name) for name in names)
         + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
     ]
@@ -182,7 +184,7 @@ def _family_outcomes(models: dict, names=("ppo_small", "ppo_ptx_small")) -> list
         f"SFT's answer already has the highest gold total on {at_max} of the {n} prompts, which "
         f"another model can only tie. A 65% win rate needs wins - losses >= {0.3 * n:.0f} "
         f"(60%: >= {0.2 * n:.0f}) on the other {n - at_max}; "
-        + ", ".join(f"{NICE[name]} has {v:+d}" for name, v in net.items())
+        + ", ".join(f"{NICE.get(name, name)} has {v:+d}" for name, v in net.items())
         + ".",
         "",
     ]
@@ -240,8 +242,12 @@ def _markdown(config, workdir: str, m: dict) -> str:
             f"| {_pct(x['hurtful_on_harmful'])} | {_pct(x['refusal_on_harmless'])} "
             f"| {'n/a' if nll is None else f'{nll:.3f}'} |"
         )
+    extra = [name for name in models if name not in NICE]  # eval.extra_models
+    if extra:
+        lines += ["", "Models from other runs (`eval.extra_models`), answering zero-shot:"]
+        lines += [f"- {name}: `{path}`" for name, path in m.get("extra_models", {}).items()]
     lines += [""] + m["statements"] + [""]
-    lines += _family_outcomes(models)
+    lines += _family_outcomes(models, ("ppo_small", "ppo_ptx_small", *extra))
     lines += [
         "## Reward model\n",
         f"- Rankings: {rank['ranked_prompts']} prompts, mean K = {rank['mean_k']:.1f} distinct "

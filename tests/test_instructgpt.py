@@ -185,3 +185,27 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(tmp_p
     rerun = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
     assert rerun.stdout.count("finished earlier, skipped") == len(STAGES)
     assert json.loads((workdir / "metrics.json").read_text())["models"] == metrics["models"]
+
+
+def test_family_table_counts_net_wins_and_names_extra_models_as_given():
+    from experiments import instructgpt_report
+
+    def outcomes(add, sort):  # (wins, ties, losses) per family; SFT at its best on 1 and 2
+        return {
+            family: dict(wins=w, ties=t, losses=lo, n=w + t + lo, baseline_at_max=at_max)
+            for family, (w, t, lo), at_max in (("add", add, 1), ("sort", sort, 2))
+        }
+
+    models = {
+        "ppo_small": {"outcomes_by_family": outcomes((3, 5, 2), (0, 9, 1))},
+        "ppo_ptx_small": {"outcomes_by_family": outcomes((1, 8, 1), (2, 8, 0))},
+        "sft_other": {"outcomes_by_family": outcomes((6, 4, 0), (4, 5, 1))},
+    }
+    names = ("ppo_small", "ppo_ptx_small", "sft_other")
+    lines = instructgpt_report._family_outcomes(models, names)
+    header = "| task family | prompts | SFT's answer already the best there is | PPO | PPO-ptx |"
+    assert header + " sft_other |" in lines
+    assert "| add | 10 | 1 | 3 / 5 / 2 | 1 / 8 / 1 | 6 / 4 / 0 |" in lines
+    summary = next(line for line in lines if line.startswith("SFT's answer already"))
+    assert "on 3 of the 20 prompts" in summary and "wins - losses >= 6" in summary
+    assert "PPO has +0, PPO-ptx has +2, sft_other has +9." in summary
