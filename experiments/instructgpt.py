@@ -547,6 +547,14 @@ def stages(config, workdir: str) -> list[tuple[str, object]]:
     return items
 
 
+def _outdated(stage: str, finished: dict, config) -> str | None:
+    """Why a finished stage's summary no longer answers `config` (None: it does). Only the
+    evaluation has such a setting: the models it judges beside the run's own."""
+    if stage == "evaluate" and finished.get("extra_models", {}) != dict(extra_models(config)):
+        return "eval.extra_models changed, so it runs again"
+    return None
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, until: str | None = None) -> dict:
     """Runs (or finishes) every stage and writes the report; returns the report's metrics.
 
@@ -569,10 +577,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, until: str | None = Non
         if os.path.exists(path):
             with open(path) as f:
                 finished = json.load(f)
-            if not finished.get("preempted"):
+            outdated = _outdated(name, finished, config)
+            if not finished.get("preempted") and not outdated:
                 summaries[name], seconds[name] = finished, finished.get("wall_s")
                 print(f"[instructgpt] {name}: finished earlier, skipped.", flush=True)
                 continue
+            if outdated:
+                print(f"[instructgpt] {name}: finished earlier, but {outdated}.", flush=True)
         os.makedirs(out, exist_ok=True)
         print(f"[instructgpt] {name} ...", flush=True)
         start = time.perf_counter()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import benchmark, common, instructgpt
+from experiments import benchmark, common, instructgpt, instructgpt_report
 from experiments.configs import instructgpt as presets
 from rlhf_jax.world import tasks
 
@@ -108,6 +108,34 @@ def test_extra_models_join_the_evaluation_and_bad_ones_fail_before_any_stage(tmp
         with pytest.raises((ValueError, FileNotFoundError), match=error):
             instructgpt.run(config, workdir)
     assert not (tmp_path / "igpt").exists()  # nothing ran, nothing was written
+
+
+def test_a_finished_evaluation_runs_again_only_when_its_extra_models_change(tmp_path, monkeypatch):
+    other = tmp_path / "other_run" / "sft_small" / "model"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text("{}")
+    config = presets.get_config("smoke")
+    runs = []
+
+    def evaluate(out):  # what stage_evaluate's summary says about the extra models
+        runs.append(out)
+        return {"extra_models": dict(instructgpt.extra_models(config))}
+
+    monkeypatch.setattr(instructgpt, "stages", lambda config, workdir: [("evaluate", evaluate)])
+    monkeypatch.setattr(instructgpt_report, "write_report", lambda *args: {"headline": {}})
+    workdir = str(tmp_path / "igpt")
+    expected_runs = []
+    for extra, runs_again in [
+        ("", True),  # first run
+        ("", False),  # finished, same models: skipped
+        (f"o={other}", True),
+        (f"o={other}", False),
+        ("", True),
+    ]:
+        config.eval.extra_models = extra
+        instructgpt.run(config, workdir)
+        expected_runs += [f"{workdir}/evaluate"] if runs_again else []
+        assert runs == expected_runs, extra
 
 
 def test_until_names_a_stage(tmp_path):
