@@ -81,6 +81,8 @@ def world_data(
     data.world = ml_collections.ConfigDict(
         dict(seed=config.world.seed, sizes=config.world.sizes.to_dict())
     )
+    if changed := presets.world_settings(config):  # only those, so datasets keep their names
+        data.world.world = changed
     return data
 
 

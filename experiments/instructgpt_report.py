@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from experiments.configs import instructgpt as presets
 from rlhf_jax.training.metrics_writer import read_metrics
 
 NICE = {
@@ -125,6 +126,7 @@ def write_report(config, workdir: str, summaries: dict, seconds: dict) -> dict:
     headline = {
         "preset": config.preset,
         "ppo_reward": config.ppo.get("reward", "model"),
+        **({"world_settings": changed} if (changed := presets.world_settings(config)) else {}),
         "win_rate_vs_sft": win,
         "rm_heldout_accuracy": rm_accuracy,
         "labeler_agreement": ceiling,
@@ -228,6 +230,11 @@ def _markdown(config, workdir: str, m: dict) -> str:
         )
         + ", judged by the gold labeler. Intervals are 95% (bootstrap over prompts for win rates, "
         "Wilson for rates).\n",
+        *(
+            [f"World settings changed from the defaults: {h['world_settings']}.\n"]
+            if h.get("world_settings")
+            else []
+        ),
         "## Win rate against the small SFT model (Figure 1 analogue)\n",
         "![win rates](win_rates.png)\n",
         "| model | win rate vs SFT | exact answers | hallucination (closed-domain) "

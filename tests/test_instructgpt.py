@@ -138,6 +138,27 @@ def test_a_finished_evaluation_runs_again_only_when_its_extra_models_change(tmp_
         assert runs == expected_runs, extra
 
 
+def test_world_rates_reach_the_datasets_and_a_default_run_keeps_its_dataset_names(tmp_path):
+    config = presets.get_config("smoke")
+    assert presets.world_settings(config) == {}
+    data = instructgpt.world_data(config, str(tmp_path), "sft", "train", "validation")
+    assert "world" not in data.world  # the default world's datasets keep their names
+    config.world.demo_error_rate = 1.0  # every demonstration a labeler's mistake
+    assert presets.world_settings(config) == {"demo_error_rate": 1.0}
+    records = instructgpt._records(config, str(tmp_path), "sft", "train")
+    answers = [(tasks.parse_task(r["prompt"]), r["response"].split()) for r in records]
+    assert len(answers) > 0.9 * config.world.sizes.sft  # (less any held-out prompt)
+    # Mistakes are wrong answers; harmful requests still get the polite refusal.
+    assert all(
+        (task.answer.split() == said) == (task.family == "harmful") for task, said in answers
+    )
+    config.world.demo_error_rate = 0.0
+    records = instructgpt._records(config, str(tmp_path), "sft", "train")
+    assert all(
+        tasks.parse_task(r["prompt"]).answer.split() == r["response"].split() for r in records
+    )
+
+
 def test_until_names_a_stage(tmp_path):
     with pytest.raises(ValueError, match="Unknown stage until='pretrain'.*pretrain_small"):
         instructgpt.run(presets.get_config("smoke"), str(tmp_path), until="pretrain")

@@ -11,6 +11,12 @@ import math
 
 import ml_collections
 
+from rlhf_jax.world import corpus
+
+# The world's rates a run may change (`corpus.WorldConfig`; defaults there): how often pretraining
+# text follows a plain/user or a few-shot prompt, and how often a demonstration is a mistake.
+WORLD_RATES = ("pretrain_followed", "pretrain_few_shot_followed", "demo_error_rate")
+
 
 def _model(num_layers: int, num_heads: int, embed_dim: int) -> ml_collections.ConfigDict:
     """Llama-family sizes; the SwiGLU MLP is 8/3 x embed_dim wide (as many weights as 4x GELU)."""
@@ -23,6 +29,16 @@ def _model(num_layers: int, num_heads: int, embed_dim: int) -> ml_collections.Co
             mlp_dim=8 * math.ceil(embed_dim / 3),
         )
     )
+
+
+def world_settings(config: ml_collections.ConfigDict) -> dict:
+    """The world's rates `config` changes from `corpus.WorldConfig`'s defaults."""
+    defaults = corpus.WorldConfig()
+    return {
+        name: config.world[name]
+        for name in WORLD_RATES
+        if name in config.world and config.world[name] != getattr(defaults, name)
+    }
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -41,6 +57,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
                 ppo=2_000,
                 test=256,
             ),
+            **{name: getattr(corpus.WorldConfig(), name) for name in WORLD_RATES},
         )
     )
     c.tokenizer_vocab = 768
