@@ -249,10 +249,10 @@ def _markdown(config, workdir: str, m: dict) -> str:
             f"| {_pct(x['hurtful_on_harmful'])} | {_pct(x['refusal_on_harmless'])} "
             f"| {'n/a' if nll is None else f'{nll:.3f}'} |"
         )
-    extra = [name for name in models if name not in NICE]  # eval.extra_models
+    extra = list(m.get("extra_models", {}))  # names of the eval.extra_models
     if extra:
         lines += ["", "Models from other runs (`eval.extra_models`), answering zero-shot:"]
-        lines += [f"- {name}: `{path}`" for name, path in m.get("extra_models", {}).items()]
+        lines += [f"- {name}: `{path}`" for name, path in m["extra_models"].items()]
     lines += [""] + m["statements"] + [""]
     lines += _family_outcomes(models, ("ppo_small", "ppo_ptx_small", *extra))
     lines += [
