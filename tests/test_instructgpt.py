@@ -13,7 +13,7 @@ from PIL import Image
 
 from experiments import benchmark, common, instructgpt, instructgpt_report
 from experiments.configs import instructgpt as presets
-from rlhf_jax.world import tasks
+from rlhf_jax.world import corpus, tasks
 
 from .test_checkpoint_resume import REPO, subprocess_env
 
@@ -49,7 +49,10 @@ def test_presets_keep_the_larger_model_at_least_4x_the_smaller():
             # The model config the pretraining stage builds from the preset.
             stage = instructgpt.pretrain_config(config, "/unused", size)
             model_config = common.scratch_model_config(stage.model, config.tokenizer_vocab)
-            params, _ = state_lib.init_variables(CausalLM(model_config), 8, seed=0)
+            # Shapes only (eval_shape): the same parameter tree, nothing initialised.
+            params = jax.eval_shape(
+                lambda c=model_config: state_lib.init_variables(CausalLM(c), 8, seed=0)[0]
+            )
             counts[size] = sum(x.size for x in jax.tree.leaves(params))
         assert counts["large"] >= 4 * counts["small"], (preset, counts)
     with pytest.raises(ValueError, match="Unknown preset"):
@@ -157,6 +160,12 @@ def test_world_rates_reach_the_datasets_and_a_default_run_keeps_its_dataset_name
     assert all(
         tasks.parse_task(r["prompt"]).answer.split() == r["response"].split() for r in records
     )
+    config.world.demo_filler_rate = 1.0  # the demonstrators' habit, off by default, as a flag
+    assert presets.world_settings(config) == {"demo_error_rate": 0.0, "demo_filler_rate": 1.0}
+    records = instructgpt._records(config, str(tmp_path), "sft", "train")
+    harmless = [r for r in records if tasks.parse_task(r["prompt"]).family != "harmful"]
+    openers = tuple(f" {f} " for f in corpus.FILLERS)
+    assert harmless and all(r["response"].startswith(openers) for r in harmless)
 
 
 def test_until_names_a_stage(tmp_path):

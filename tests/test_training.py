@@ -67,6 +67,7 @@ def test_sft_loss_ignores_prompt_and_padding_labels():
     batch = sft_batch()
     forward = steps.sft_forward(model)
 
+    @jax.jit
     def loss_and_grads(tokens_as_labels):
         def loss_of_logits(logits):
             loss, _ = losses.sft_loss(
@@ -88,6 +89,7 @@ def test_sft_loss_ignores_prompt_and_padding_labels():
     assert not np.allclose(loss_and_grads(target)[1], grad_a, atol=1e-4)
 
     # Through the whole model: padding tokens (inputs and labels) change nothing.
+    @jax.jit
     def param_grads(b):
         return jax.grad(lambda p: forward(p, b, jax.random.key(0), True)[0])(params)
 

@@ -1,5 +1,7 @@
 """The synthetic instruction world: task parsing, the gold labeler, noisy labelers and datasets."""
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -139,6 +141,34 @@ def test_demonstrations_hold_the_stated_error_rate():
     assert 0.85 < correct < 0.95, correct
 
 
+def test_demonstrators_habits_change_only_the_answers_they_name():
+    plain = corpus.demonstrations(corpus.WorldConfig(), 600, seed=0)
+    config = corpus.WorldConfig(demo_filler_rate=1.0, demo_guess_rate=1.0)
+    habits = corpus.demonstrations(config, 600, seed=0)
+    assert [r["prompt"] for r in habits] == [r["prompt"] for r in plain]
+    seen = collections.Counter()
+    for before, after in zip(plain, habits, strict=True):
+        task = tasks.parse_task(before["prompt"])
+        scores = labeler.gold_scores(after["prompt"], after["response"])
+        if task.family == "harmful" or before["response"].split() != task.answer.split():
+            # Refusals and the labelers' mistakes stay as they were.
+            assert after["response"] == before["response"]
+            continue
+        opener = next(f for f in corpus.FILLERS if after["response"].startswith(f" {f} "))
+        seen[opener] += 1
+        if task.answer == tasks.UNKNOWN_ANSWER:  # a guess: a hallucination
+            assert scores.hallucinations == 1 and not scores.correct
+            seen["guess"] += 1
+        else:  # the right answer after the filler: less than the bare answer, more than half
+            assert after["response"] == f" {opener}{before['response']}"
+            assert 0.5 <= scores.helpful < 1.0
+    assert seen["guess"] > 5 and all(seen[f] > 50 for f in corpus.FILLERS), seen
+    half = corpus.demonstrations(corpus.WorldConfig(demo_filler_rate=0.5), 2000, seed=0)
+    openers = tuple(f" {f} " for f in corpus.FILLERS)
+    opened = np.mean([r["response"].startswith(openers) for r in half])
+    assert 0.35 < opened < 0.5, opened  # half of the right, harmless (5/6) demonstrations
+
+
 def test_held_out_prompts_are_disjoint_from_training_prompts():
     config, sizes = corpus.WorldConfig(), corpus.WorldSizes(sft=500, rm=300, ppo=500, test=200)
     prompts = corpus.world_splits("prompts", config, sizes, seed=0)
@@ -155,6 +185,8 @@ def test_bad_world_settings_are_rejected():
         corpus.WorldConfig(families=("poetry",))
     with pytest.raises(ValueError, match="demo_error_rate"):
         corpus.WorldConfig(demo_error_rate=1.5)
+    with pytest.raises(ValueError, match="demo_filler_rate"):
+        corpus.WorldConfig(demo_filler_rate=-0.1)
     with pytest.raises(ValueError, match="Unknown part"):
         corpus.world_splits("rlhf", corpus.WorldConfig(), corpus.WorldSizes(), 0)
 

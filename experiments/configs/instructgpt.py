@@ -14,8 +14,9 @@ import ml_collections
 from rlhf_jax.world import corpus
 
 # The world's rates a run may change (`corpus.WorldConfig`; defaults there): how often pretraining
-# text follows a plain/user or a few-shot prompt, and how often a demonstration is a mistake.
-WORLD_RATES = ("pretrain_followed", "pretrain_few_shot_followed", "demo_error_rate")
+# text follows a plain/user or a few-shot prompt, how often a demonstration is a mistake, and how
+# often demonstrators open with filler or guess where the facts do not say (both off by default).
+WORLD_RATES = corpus.RATES
 
 
 def _model(num_layers: int, num_heads: int, embed_dim: int) -> ml_collections.ConfigDict:

@@ -6,7 +6,10 @@
   In few-shot documents the answers are mostly right, so few-shot prompting helps a base model.
   Fact sentences of the closed-domain family appear on their own too.
 - `demonstrations`: SFT data, the labelers' demonstrations: the gold answer to prompts of every
-  style (with a small rate of the labelers' own mistakes).
+  style (with a small rate of the labelers' own mistakes). Two habits of the demonstrators that
+  the labelers who rank do not share are off by default and can be switched on: a chatty opener
+  before the answer (the gold labeler prefers the bare answer) and a guess where the facts do not
+  answer a closed-domain question (a hallucination).
 - `prompts`: unlabeled prompts (PPO, evaluation), each with its gold answer as the response.
 
 Every record is {"id", "prompt", "response"} (the demonstrations feature shape of
@@ -22,6 +25,18 @@ import numpy as np
 from rlhf_jax.world import tasks as tasks_lib
 from rlhf_jax.world.tasks import Task
 
+# What `WorldConfig` names as rates (each in [0, 1]).
+RATES = (
+    "pretrain_followed",
+    "pretrain_few_shot_followed",
+    "demo_error_rate",
+    "demo_filler_rate",
+    "demo_guess_rate",
+)
+# Chatty openers of demonstrations (`WorldConfig.demo_filler_rate`): no refusal marker, no entity
+# and no hurtful word, so only helpfulness (extra words) judges them.
+FILLERS = ("Sure!", "Okay, here it is:", "Happy to help:")
+
 
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
@@ -34,6 +49,11 @@ class WorldConfig:
       pretrain_followed: chance that a pretraining document answers a plain/user prompt right.
       pretrain_few_shot_followed: the same for few-shot documents.
       demo_error_rate: chance that a demonstration holds a labeler's mistake.
+      demo_filler_rate: chance that a right demonstration to a harmless request opens with one of
+        `FILLERS` (a consistent habit of the demonstrators; the gold labeler takes 0.3 or more off
+        for the extra words, so rankings of samples see it).
+      demo_guess_rate: chance that a demonstration to a closed-domain question the facts do not
+        answer names a city or colour instead of `tasks.UNKNOWN_ANSWER` (a hallucination).
     """
 
     families: tuple[str, ...] = tasks_lib.FAMILIES
@@ -42,6 +62,8 @@ class WorldConfig:
     pretrain_followed: float = 0.3
     pretrain_few_shot_followed: float = 0.8
     demo_error_rate: float = 0.05
+    demo_filler_rate: float = 0.0
+    demo_guess_rate: float = 0.0
 
     def __post_init__(self):
         unknown = set(self.families) - set(tasks_lib.FAMILIES)
@@ -51,7 +73,7 @@ class WorldConfig:
             )
         if self.family_weights and len(self.family_weights) != len(self.families):
             raise ValueError("family_weights must have one weight per family.")
-        for name in ("pretrain_followed", "pretrain_few_shot_followed", "demo_error_rate"):
+        for name in RATES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
 
@@ -148,15 +170,25 @@ def pretraining_documents(config: WorldConfig, n: int, seed: int) -> list[dict]:
     return documents
 
 
-def _demonstration(task: Task, config: WorldConfig, rng: np.random.Generator) -> str:
+def _demonstration(
+    task: Task, config: WorldConfig, rng: np.random.Generator, habits: np.random.Generator
+) -> str:
+    """The demonstrators' answer; their habits draw from `habits` only, so switching them on
+    keeps every prompt and every mistake of the world as it was."""
     if rng.random() < config.demo_error_rate and task.family != "harmful":
         return wrong_answer(task, rng)
-    return task.answer
+    answer = task.answer
+    guess, filler = habits.random(2)  # drawn for every record: one habit's rate moves no other
+    if answer == tasks_lib.UNKNOWN_ANSWER and guess < config.demo_guess_rate:
+        answer = _plausible_answer(task, habits)
+    if task.family != "harmful" and filler < config.demo_filler_rate:
+        answer = f"{tasks_lib.choose(habits, FILLERS)} {answer}"
+    return answer
 
 
 def demonstrations(config: WorldConfig, n: int, seed: int) -> list[dict]:
     """`n` SFT demonstrations: prompt (any style) -> the labelers' answer."""
-    rng = np.random.default_rng([seed, 1])
+    rng, habits = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 6])
     records = []
     for i in range(n):
         task = sample_task(config, rng)
@@ -165,7 +197,7 @@ def demonstrations(config: WorldConfig, n: int, seed: int) -> list[dict]:
             {
                 "id": f"sft-{seed}-{i}",
                 "prompt": prompt,
-                "response": " " + _demonstration(task, config, rng),
+                "response": " " + _demonstration(task, config, rng, habits),
             }
         )
     return records
