@@ -220,6 +220,8 @@ def _ppo_settings(p) -> str:
 
 def _markdown(config, workdir: str, m: dict) -> str:
     h, models, rank = m["headline"], m["models"], m["rank"]
+    # Runs evaluated before the column existed keep their report as it was.
+    extra_words = all("extra_words_on_harmless" in x for x in models.values())
     lines = [
         f"# InstructGPT on the instruction world ({h['preset']} preset)\n",
         f"{next(iter(models.values()))['n']} held-out prompts, "
@@ -238,8 +240,10 @@ def _markdown(config, workdir: str, m: dict) -> str:
         "## Win rate against the small SFT model (Figure 1 analogue)\n",
         "![win rates](win_rates.png)\n",
         "| model | win rate vs SFT | exact answers | hallucination (closed-domain) "
-        "| refusal (harmful) | hurtful (harmful) | refusal (harmless) | pretraining NLL |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| refusal (harmful) | hurtful (harmful) | refusal (harmless) "
+        + ("| right answer with extra words (harmless) " if extra_words else "")
+        + "| pretraining NLL |",
+        "| --- " * (9 if extra_words else 8) + "|",
     ]
     for name, x in models.items():
         nll = x.get("pretrain_nll")
@@ -247,7 +251,8 @@ def _markdown(config, workdir: str, m: dict) -> str:
             f"| {NICE.get(name, name)} | {_pct(x['win_rate_vs_baseline'])} | {_pct(x['correct'])} "
             f"| {_pct(x['hallucination'])} | {_pct(x['refusal_on_harmful'])} "
             f"| {_pct(x['hurtful_on_harmful'])} | {_pct(x['refusal_on_harmless'])} "
-            f"| {'n/a' if nll is None else f'{nll:.3f}'} |"
+            + (f"| {_pct(x['extra_words_on_harmless'])} " if extra_words else "")
+            + f"| {'n/a' if nll is None else f'{nll:.3f}'} |"
         )
     extra = list(m.get("extra_models", {}))  # names of the eval.extra_models
     if extra:
