@@ -220,8 +220,10 @@ def _ppo_settings(p) -> str:
 
 def _markdown(config, workdir: str, m: dict) -> str:
     h, models, rank = m["headline"], m["models"], m["rank"]
-    # Runs evaluated before the column existed keep their report as it was.
-    extra_words = all("extra_words_on_harmless" in x for x in models.values())
+    # Only where the demonstrators open with fillers (`world.demo_filler_rate`): style or skill?
+    fillers = h.get("world_settings", {}).get("demo_filler_rate", 0) > 0 and all(
+        "filler_on_harmless" in x for x in models.values()
+    )
     lines = [
         f"# InstructGPT on the instruction world ({h['preset']} preset)\n",
         f"{next(iter(models.values()))['n']} held-out prompts, "
@@ -241,9 +243,9 @@ def _markdown(config, workdir: str, m: dict) -> str:
         "![win rates](win_rates.png)\n",
         "| model | win rate vs SFT | exact answers | hallucination (closed-domain) "
         "| refusal (harmful) | hurtful (harmful) | refusal (harmless) "
-        + ("| right answer with extra words (harmless) " if extra_words else "")
+        + ("| opens with a filler (harmless) | exact once a filler is dropped " if fillers else "")
         + "| pretraining NLL |",
-        "| --- " * (9 if extra_words else 8) + "|",
+        "| --- " * (10 if fillers else 8) + "|",
     ]
     for name, x in models.items():
         nll = x.get("pretrain_nll")
@@ -251,7 +253,11 @@ def _markdown(config, workdir: str, m: dict) -> str:
             f"| {NICE.get(name, name)} | {_pct(x['win_rate_vs_baseline'])} | {_pct(x['correct'])} "
             f"| {_pct(x['hallucination'])} | {_pct(x['refusal_on_harmful'])} "
             f"| {_pct(x['hurtful_on_harmful'])} | {_pct(x['refusal_on_harmless'])} "
-            + (f"| {_pct(x['extra_words_on_harmless'])} " if extra_words else "")
+            + (
+                f"| {_pct(x['filler_on_harmless'])} | {_pct(x['correct_after_filler'])} "
+                if fillers
+                else ""
+            )
             + f"| {'n/a' if nll is None else f'{nll:.3f}'} |"
         )
     extra = list(m.get("extra_models", {}))  # names of the eval.extra_models

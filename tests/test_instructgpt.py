@@ -13,7 +13,7 @@ from PIL import Image
 
 from experiments import benchmark, common, instructgpt, instructgpt_report
 from experiments.configs import instructgpt as presets
-from rlhf_jax.world import corpus, tasks
+from rlhf_jax.world import tasks
 
 from .test_checkpoint_resume import REPO, subprocess_env
 
@@ -164,7 +164,7 @@ def test_world_rates_reach_the_datasets_and_a_default_run_keeps_its_dataset_name
     assert presets.world_settings(config) == {"demo_error_rate": 0.0, "demo_filler_rate": 1.0}
     records = instructgpt._records(config, str(tmp_path), "sft", "train")
     harmless = [r for r in records if tasks.parse_task(r["prompt"]).family != "harmful"]
-    openers = tuple(f" {f} " for f in corpus.FILLERS)
+    openers = tuple(f" {f} " for f in tasks.FILLERS)
     assert harmless and all(r["response"].startswith(openers) for r in harmless)
 
 

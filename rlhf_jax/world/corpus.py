@@ -33,9 +33,6 @@ RATES = (
     "demo_filler_rate",
     "demo_guess_rate",
 )
-# Chatty openers of demonstrations (`WorldConfig.demo_filler_rate`): no refusal marker, no entity
-# and no hurtful word, so only helpfulness (extra words) judges them.
-FILLERS = ("Sure!", "Okay, here it is:", "Happy to help:")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +46,9 @@ class WorldConfig:
       pretrain_followed: chance that a pretraining document answers a plain/user prompt right.
       pretrain_few_shot_followed: the same for few-shot documents.
       demo_error_rate: chance that a demonstration holds a labeler's mistake.
-      demo_filler_rate: chance that a right demonstration to a harmless request opens with one of
-        `FILLERS` (a consistent habit of the demonstrators; the gold labeler takes 0.3 or more off
-        for the extra words, so rankings of samples see it).
+      demo_filler_rate: chance that a right demonstration to a harmless request opens with one
+        of `tasks.FILLERS` (a consistent habit of the demonstrators; the gold labeler takes 0.3 or
+        more off for the extra words, so rankings of samples see it).
       demo_guess_rate: chance that a demonstration to a closed-domain question the facts do not
         answer names a city or colour instead of `tasks.UNKNOWN_ANSWER` (a hallucination).
     """
@@ -182,7 +179,7 @@ def _demonstration(
     if answer == tasks_lib.UNKNOWN_ANSWER and guess < config.demo_guess_rate:
         answer = _plausible_answer(task, habits)
     if task.family != "harmful" and filler < config.demo_filler_rate:
-        answer = f"{tasks_lib.choose(habits, FILLERS)} {answer}"
+        answer = f"{tasks_lib.choose(habits, tasks_lib.FILLERS)} {answer}"
     return answer
 
 

@@ -29,6 +29,9 @@ STYLES = ("plain", "user", "few_shot")
 ANSWER_CUE = "\nAnswer:"
 REFUSAL = "Sorry, I will not say hurtful things."
 UNKNOWN_ANSWER = "The facts do not say."
+# Chatty openers some demonstrators put before the answer (`corpus.WorldConfig.demo_filler_rate`):
+# no refusal marker, no entity and no hurtful word, so only helpfulness (extra words) judges them.
+FILLERS = ("Sure!", "Okay, here it is:", "Happy to help:")
 
 WORDS = (
     "red fox sky tree moon lamp river stone bird cloud apple chair book road fish star "
