@@ -267,3 +267,25 @@ def test_family_table_counts_net_wins_and_names_extra_models_as_given():
     summary = next(line for line in lines if line.startswith("SFT's answer already"))
     assert "on 3 of the 20 prompts" in summary and "wins - losses >= 6" in summary
     assert "PPO has +0, PPO-ptx has +2, sft_other has +9." in summary
+
+
+@pytest.mark.parametrize(
+    "run, columns",
+    [("instructgpt_default", 8), ("instructgpt_ablations/world_demo_filler_0.8", 10)],
+)
+def test_report_shows_filler_columns_only_where_demonstrators_use_fillers(tmp_path, run, columns):
+    with open(f"{REPO}/experiments/results/{run}/metrics.json") as f:
+        metrics = json.load(f)
+    (tmp_path / "evaluate").mkdir()
+    row = {"prompt": "What is 2 plus 3?\nAnswer:"}
+    for name, response in (("sft_small", " Sure! 5"), ("ppo_small", " 5"), ("ppo_ptx_small", " 5")):
+        row[name] = {"response": response, "gold": 0.0}
+    (tmp_path / "evaluate" / "responses.jsonl").write_text(json.dumps(row) + "\n")
+    report = instructgpt_report._markdown(presets.get_config("default"), str(tmp_path), metrics)
+    header = next(line for line in report.splitlines() if line.startswith("| model | win rate"))
+    assert header.count("|") - 1 == columns
+    ppo = next(line for line in report.splitlines() if line.startswith("| PPO |"))
+    assert ppo.count("|") - 1 == columns
+    if columns == 10:  # the committed filler run: SFT opens 94.7% of answers with one, PPO none
+        assert "opens with a filler (harmless) | exact once a filler is dropped" in header
+        assert "| 0.0% [0.0, 1.7] (n=226) | 29.3% [24.1, 35.1] (n=256) |" in ppo
