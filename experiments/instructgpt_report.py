@@ -366,8 +366,81 @@ def summary_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    import sys
+def _runs_models(runs: dict[str, dict]) -> list[str]:
+    """The models every run evaluated (SFT aside), in the first run's order."""
+    names = [n for n in next(iter(runs.values()))["models"] if n != "sft_small"]
+    return [n for n in names if all(n in m["models"] for m in runs.values())]
 
-    with open(sys.argv[1] if len(sys.argv) > 1 else "metrics.json") as f:
-        print(summary_table(json.load(f)))
+
+def compare_table(runs: dict[str, dict]) -> str:
+    """Each model's win rate against its own run's small SFT model, one column per run.
+
+    Args:
+      runs: {label: a run's metrics.json}, e.g. runs of the main job in different worlds.
+    """
+    lines = [
+        "| model | " + " | ".join(runs) + " |",
+        "| --- " * (len(runs) + 1) + "|",
+    ]
+    for name in _runs_models(runs):
+        cells = [_pct(m["models"][name]["win_rate_vs_baseline"]) for m in runs.values()]
+        lines.append(f"| {NICE.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_compare(runs: dict[str, dict], path: str) -> None:
+    """Grouped bars of `compare_table` (95% bootstrap intervals) as a PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = _runs_models(runs)
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    for i, (label, m) in enumerate(runs.items()):
+        wins = [m["models"][n]["win_rate_vs_baseline"] for n in names]
+        rates = np.array([w["rate"] for w in wins])
+        spread = np.stack([rates - [w["low"] for w in wins], [w["high"] for w in wins] - rates])
+        x = np.arange(len(names)) + (i - (len(runs) - 1) / 2) * width
+        ax.bar(x, 100 * rates, width, yerr=100 * spread, label=label)
+    ax.axhline(50, color="gray", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(names)), [NICE.get(n, n) for n in names], rotation=25, ha="right")
+    ax.set_ylabel("gold win rate vs small SFT (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Each run's models against its own SFT model (95% bootstrap intervals)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m experiments.instructgpt_report metrics.json` prints a run's summary table;
+    `... --compare=OUT.png LABEL=metrics.json LABEL=metrics.json ...` prints the runs' win rates
+    side by side and plots them to OUT.png."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("metrics", nargs="*", default=["metrics.json"])
+    parser.add_argument("--compare", metavar="OUT.png", help="compare LABEL=metrics.json runs")
+    args = parser.parse_args(argv)
+    if not args.compare:
+        with open(args.metrics[0]) as f:
+            print(summary_table(json.load(f)))
+        return
+    runs = {}
+    for item in args.metrics:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            parser.error(f"--compare takes LABEL=path/to/metrics.json arguments, got {item!r}")
+        with open(path) as f:
+            runs[label] = json.load(f)
+    if len(runs) < 2:
+        parser.error("--compare needs at least two runs")
+    print(compare_table(runs))
+    plot_compare(runs, args.compare)
+
+
+if __name__ == "__main__":
+    main()

@@ -289,3 +289,24 @@ def test_report_shows_filler_columns_only_where_demonstrators_use_fillers(tmp_pa
     if columns == 10:  # the committed filler run: SFT opens 94.7% of answers with one, PPO none
         assert "opens with a filler (harmless) | exact once a filler is dropped" in header
         assert "| 0.0% [0.0, 1.7] (n=226) | 29.3% [24.1, 35.1] (n=256) |" in ppo
+
+
+def test_compare_prints_runs_side_by_side_and_plots_them(tmp_path, capsys):
+    results = f"{REPO}/experiments/results"
+    out = tmp_path / "compare.png"
+    instructgpt_report.main(
+        [
+            f"--compare={out}",
+            f"default={results}/instructgpt_default/metrics.json",
+            f"fillers={results}/instructgpt_ablations/world_demo_filler_0.8/metrics.json",
+        ]
+    )
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| model | default | fillers |"
+    ppo = next(line for line in table if line.startswith("| PPO |"))
+    assert ppo.count("(n=256)") == 2 and "| 82.8% [78.7, 86.7] (n=256) |" in ppo
+    assert not any(line.startswith("| SFT |") for line in table)  # every run's baseline
+    with Image.open(out) as image:
+        assert image.size[0] > 400 and image.size[1] > 200
+    with pytest.raises(SystemExit):
+        instructgpt_report.main([f"--compare={out}", f"{results}/instructgpt_default/metrics.json"])
