@@ -42,7 +42,7 @@ def test_gold_labeler_hand_cases():
     wrong = labeler.gold_scores(reverse, " Okay, here it is: red fox sky")
     assert wrong.opens_with_filler and not wrong.correct_after_filler
     bare = labeler.gold_scores(reverse, " sky fox red")
-    assert not bare.opens_with_filler and bare.correct_after_filler == bare.correct is True
+    assert bare.correct and bare.correct_after_filler and not bare.opens_with_filler
     # "sky red fox" vs "sky fox red": similarity 2 x 2 / 6, one word of 3 in place.
     assert labeler.gold_score(reverse, " sky red fox") == pytest.approx(0.5 * (4 / 6 + 1 / 3) / 2)
     add = "What is 20 plus 3?\nAnswer:"
