@@ -33,22 +33,47 @@ def _pct(x: dict | None) -> str:
 
 
 def _plot_win_rates(models: dict, path: str) -> None:
+    _plot_win_rate_bars(
+        {"": models},
+        path,
+        "Held-out prompts, gold labeler (95% bootstrap intervals)",
+        figsize=(8, 3.5),
+    )
+
+
+def _shared_models(runs: dict[str, dict]) -> list[str]:
+    """The models every run ({label: {model: metrics}}) has, SFT aside, in the first one's order."""
+    first = next(iter(runs.values()))
+    return [n for n in first if n != "sft_small" and all(n in m for m in runs.values())]
+
+
+def _plot_win_rate_bars(runs: dict[str, dict], path: str, title: str, figsize) -> None:
+    """Win rates against SFT (95% intervals) of the models every run has, one bar per run.
+
+    Args:
+      runs: {label: {model name: its metrics}}; a single run gets no legend.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in models if n != "sft_small"]
-    rates = np.array([models[n]["win_rate_vs_baseline"]["rate"] for n in names])
-    low = np.array([models[n]["win_rate_vs_baseline"]["low"] for n in names])
-    high = np.array([models[n]["win_rate_vs_baseline"]["high"] for n in names])
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.bar(range(len(names)), 100 * rates, yerr=100 * np.stack([rates - low, high - rates]))
+    names = _shared_models(runs)
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=figsize)
+    for i, (label, models) in enumerate(runs.items()):
+        wins = [models[n]["win_rate_vs_baseline"] for n in names]
+        rates = np.array([w["rate"] for w in wins])
+        spread = np.stack([rates - [w["low"] for w in wins], [w["high"] for w in wins] - rates])
+        x = np.arange(len(names)) + (i - (len(runs) - 1) / 2) * width
+        ax.bar(x, 100 * rates, width, yerr=100 * spread, label=label)
     ax.axhline(50, color="gray", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(names)), [NICE.get(n, n) for n in names], rotation=25, ha="right")
     ax.set_ylabel("gold win rate vs small SFT (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Held-out prompts, gold labeler (95% bootstrap intervals)")
+    ax.set_title(title)
+    if len(runs) > 1:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -366,12 +391,6 @@ def summary_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _runs_models(runs: dict[str, dict]) -> list[str]:
-    """The models every run evaluated (SFT aside), in the first run's order."""
-    names = [n for n in next(iter(runs.values()))["models"] if n != "sft_small"]
-    return [n for n in names if all(n in m["models"] for m in runs.values())]
-
-
 def compare_table(runs: dict[str, dict]) -> str:
     """Each model's win rate against its own run's small SFT model, one column per run.
 
@@ -382,7 +401,7 @@ def compare_table(runs: dict[str, dict]) -> str:
         "| model | " + " | ".join(runs) + " |",
         "| --- " * (len(runs) + 1) + "|",
     ]
-    for name in _runs_models(runs):
+    for name in _shared_models({label: m["models"] for label, m in runs.items()}):
         cells = [_pct(m["models"][name]["win_rate_vs_baseline"]) for m in runs.values()]
         lines.append(f"| {NICE.get(name, name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -390,29 +409,12 @@ def compare_table(runs: dict[str, dict]) -> str:
 
 def plot_compare(runs: dict[str, dict], path: str) -> None:
     """Grouped bars of `compare_table` (95% bootstrap intervals) as a PNG at `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = _runs_models(runs)
-    width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    for i, (label, m) in enumerate(runs.items()):
-        wins = [m["models"][n]["win_rate_vs_baseline"] for n in names]
-        rates = np.array([w["rate"] for w in wins])
-        spread = np.stack([rates - [w["low"] for w in wins], [w["high"] for w in wins] - rates])
-        x = np.arange(len(names)) + (i - (len(runs) - 1) / 2) * width
-        ax.bar(x, 100 * rates, width, yerr=100 * spread, label=label)
-    ax.axhline(50, color="gray", linestyle="--", linewidth=1)
-    ax.set_xticks(range(len(names)), [NICE.get(n, n) for n in names], rotation=25, ha="right")
-    ax.set_ylabel("gold win rate vs small SFT (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("Each run's models against its own SFT model (95% bootstrap intervals)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _plot_win_rate_bars(
+        {label: m["models"] for label, m in runs.items()},
+        path,
+        "Each run's models against its own SFT model (95% bootstrap intervals)",
+        figsize=(9, 3.8),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
