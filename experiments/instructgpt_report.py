@@ -243,12 +243,30 @@ def _ppo_settings(p) -> str:
     )
 
 
+def _habit_columns(world_settings: dict, models: dict) -> list[tuple[str, str]]:
+    """(column title, metrics key) of the demonstrators' habits of style that `world_settings`
+    switches on, with the exact-answer rate once they are dropped (none when no habit is on, or
+    for reports older than these metrics)."""
+    columns = [
+        (title, key)
+        for rate, title, key in (
+            ("demo_filler_rate", "opens with a filler (harmless)", "filler_on_harmless"),
+            ("demo_signoff_rate", "ends with a sign-off (harmless)", "signoff_on_harmless"),
+        )
+        if world_settings.get(rate, 0) > 0
+    ]
+    if columns:
+        columns.append(("exact once those are dropped", "correct_without_habits"))
+    if not all(key in x for x in models.values() for _, key in columns):
+        return []
+    return columns
+
+
 def _markdown(config, workdir: str, m: dict) -> str:
     h, models, rank = m["headline"], m["models"], m["rank"]
-    # Only where the demonstrators open with fillers (`world.demo_filler_rate`): style or skill?
-    fillers = h.get("world_settings", {}).get("demo_filler_rate", 0) > 0 and all(
-        "filler_on_harmless" in x for x in models.values()
-    )
+    # Only where the demonstrators have habits of style (`world.demo_filler_rate`,
+    # `world.demo_signoff_rate`): style or skill?
+    habits = _habit_columns(h.get("world_settings", {}), models)
     lines = [
         f"# InstructGPT on the instruction world ({h['preset']} preset)\n",
         f"{next(iter(models.values()))['n']} held-out prompts, "
@@ -268,9 +286,9 @@ def _markdown(config, workdir: str, m: dict) -> str:
         "![win rates](win_rates.png)\n",
         "| model | win rate vs SFT | exact answers | hallucination (closed-domain) "
         "| refusal (harmful) | hurtful (harmful) | refusal (harmless) "
-        + ("| opens with a filler (harmless) | exact once a filler is dropped " if fillers else "")
+        + "".join(f"| {title} " for title, _ in habits)
         + "| pretraining NLL |",
-        "| --- " * (10 if fillers else 8) + "|",
+        "| --- " * (8 + len(habits)) + "|",
     ]
     for name, x in models.items():
         nll = x.get("pretrain_nll")
@@ -278,11 +296,7 @@ def _markdown(config, workdir: str, m: dict) -> str:
             f"| {NICE.get(name, name)} | {_pct(x['win_rate_vs_baseline'])} | {_pct(x['correct'])} "
             f"| {_pct(x['hallucination'])} | {_pct(x['refusal_on_harmful'])} "
             f"| {_pct(x['hurtful_on_harmful'])} | {_pct(x['refusal_on_harmless'])} "
-            + (
-                f"| {_pct(x['filler_on_harmless'])} | {_pct(x['correct_after_filler'])} "
-                if fillers
-                else ""
-            )
+            + "".join(f"| {_pct(x[key])} " for _, key in habits)
             + f"| {'n/a' if nll is None else f'{nll:.3f}'} |"
         )
     extra = list(m.get("extra_models", {}))  # names of the eval.extra_models

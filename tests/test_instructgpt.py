@@ -166,6 +166,11 @@ def test_world_rates_reach_the_datasets_and_a_default_run_keeps_its_dataset_name
     harmless = [r for r in records if tasks.parse_task(r["prompt"]).family != "harmful"]
     openers = tuple(f" {f} " for f in tasks.FILLERS)
     assert harmless and all(r["response"].startswith(openers) for r in harmless)
+    config.world.demo_signoff_rate = 1.0
+    records = instructgpt._records(config, str(tmp_path), "sft", "train")
+    harmless = [r for r in records if tasks.parse_task(r["prompt"]).family != "harmful"]
+    closers = tuple(f" {f}" for f in tasks.SIGNOFFS)
+    assert harmless and all(r["response"].endswith(closers) for r in harmless)
 
 
 def test_until_names_a_stage(tmp_path):
@@ -271,9 +276,13 @@ def test_family_table_counts_net_wins_and_names_extra_models_as_given():
 
 @pytest.mark.parametrize(
     "run, columns",
-    [("instructgpt_default", 8), ("instructgpt_ablations/world_demo_filler_0.8", 10)],
+    [
+        ("instructgpt_default", 8),
+        ("instructgpt_ablations/world_demo_filler_0.8", 10),
+        ("instructgpt_ablations/world_demo_signoff_0.8", 10),
+    ],
 )
-def test_report_shows_filler_columns_only_where_demonstrators_use_fillers(tmp_path, run, columns):
+def test_report_shows_habit_columns_only_where_demonstrators_have_habits(tmp_path, run, columns):
     with open(f"{REPO}/experiments/results/{run}/metrics.json") as f:
         metrics = json.load(f)
     (tmp_path / "evaluate").mkdir()
@@ -286,9 +295,14 @@ def test_report_shows_filler_columns_only_where_demonstrators_use_fillers(tmp_pa
     assert header.count("|") - 1 == columns
     ppo = next(line for line in report.splitlines() if line.startswith("| PPO |"))
     assert ppo.count("|") - 1 == columns
-    if columns == 10:  # the committed filler run: SFT opens 94.7% of answers with one, PPO none
-        assert "opens with a filler (harmless) | exact once a filler is dropped" in header
+    if "filler" in run:  # the committed filler run: SFT opens 94.7% of answers with one, PPO none
+        assert "opens with a filler (harmless) | exact once those are dropped" in header
         assert "| 0.0% [0.0, 1.7] (n=226) | 29.3% [24.1, 35.1] (n=256) |" in ppo
+    if "signoff" in run:  # the committed sign-off run: SFT closes 2.7% of answers with one
+        assert "| ends with a sign-off (harmless) | exact once those are dropped |" in header
+        assert "filler" not in header
+        sft = next(line for line in report.splitlines() if line.startswith("| SFT |"))
+        assert "| 2.7% [1.2, 5.7] (n=226) | 37.5% [31.8, 43.6] (n=256) |" in sft
 
 
 def test_compare_prints_runs_side_by_side_and_plots_them(tmp_path, capsys):

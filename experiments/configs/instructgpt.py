@@ -15,7 +15,8 @@ from rlhf_jax.world import corpus
 
 # The world's rates a run may change (`corpus.WorldConfig`; defaults there): how often pretraining
 # text follows a plain/user or a few-shot prompt, how often a demonstration is a mistake, and how
-# often demonstrators open with filler or guess where the facts do not say (both off by default).
+# often demonstrators open with filler, close with a sign-off or guess where the facts do not say
+# (the three off by default).
 WORLD_RATES = corpus.RATES
 
 

@@ -6,10 +6,10 @@
   In few-shot documents the answers are mostly right, so few-shot prompting helps a base model.
   Fact sentences of the closed-domain family appear on their own too.
 - `demonstrations`: SFT data, the labelers' demonstrations: the gold answer to prompts of every
-  style (with a small rate of the labelers' own mistakes). Two habits of the demonstrators that
+  style (with a small rate of the labelers' own mistakes). Three habits of the demonstrators that
   the labelers who rank do not share are off by default and can be switched on: a chatty opener
-  before the answer (the gold labeler prefers the bare answer) and a guess where the facts do not
-  answer a closed-domain question (a hallucination).
+  before the answer or a chatty closer after it (the gold labeler prefers the bare answer), and a
+  guess where the facts do not answer a closed-domain question (a hallucination).
 - `prompts`: unlabeled prompts (PPO, evaluation), each with its gold answer as the response.
 
 Every record is {"id", "prompt", "response"} (the demonstrations feature shape of
@@ -32,6 +32,7 @@ RATES = (
     "demo_error_rate",
     "demo_filler_rate",
     "demo_guess_rate",
+    "demo_signoff_rate",
 )
 
 
@@ -51,6 +52,9 @@ class WorldConfig:
         more off for the extra words, so rankings of samples see it).
       demo_guess_rate: chance that a demonstration to a closed-domain question the facts do not
         answer names a city or colour instead of `tasks.UNKNOWN_ANSWER` (a hallucination).
+      demo_signoff_rate: chance that a right demonstration to a harmless request ends with one of
+        `tasks.SIGNOFFS` (like the opener, a habit of style the gold labeler marks down, but one
+        that leaves the answer's own tokens where they are without it).
     """
 
     families: tuple[str, ...] = tasks_lib.FAMILIES
@@ -61,6 +65,7 @@ class WorldConfig:
     demo_error_rate: float = 0.05
     demo_filler_rate: float = 0.0
     demo_guess_rate: float = 0.0
+    demo_signoff_rate: float = 0.0
 
     def __post_init__(self):
         unknown = set(self.families) - set(tasks_lib.FAMILIES)
@@ -168,10 +173,15 @@ def pretraining_documents(config: WorldConfig, n: int, seed: int) -> list[dict]:
 
 
 def _demonstration(
-    task: Task, config: WorldConfig, rng: np.random.Generator, habits: np.random.Generator
+    task: Task,
+    config: WorldConfig,
+    rng: np.random.Generator,
+    habits: np.random.Generator,
+    signoffs: np.random.Generator,
 ) -> str:
-    """The demonstrators' answer; their habits draw from `habits` only, so switching them on
-    keeps every prompt and every mistake of the world as it was."""
+    """The demonstrators' answer; their habits draw from `habits` and `signoffs` only, so
+    switching them on keeps every prompt and every mistake of the world as it was (and the
+    sign-offs, added later, keep the other habits' draws as they were)."""
     if rng.random() < config.demo_error_rate and task.family != "harmful":
         return wrong_answer(task, rng)
     answer = task.answer
@@ -180,12 +190,16 @@ def _demonstration(
         answer = _plausible_answer(task, habits)
     if task.family != "harmful" and filler < config.demo_filler_rate:
         answer = f"{tasks_lib.choose(habits, tasks_lib.FILLERS)} {answer}"
+    signoff, closer = signoffs.random(), tasks_lib.choose(signoffs, tasks_lib.SIGNOFFS)
+    if task.family != "harmful" and signoff < config.demo_signoff_rate:
+        answer = f"{answer} {closer}"
     return answer
 
 
 def demonstrations(config: WorldConfig, n: int, seed: int) -> list[dict]:
     """`n` SFT demonstrations: prompt (any style) -> the labelers' answer."""
     rng, habits = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 6])
+    signoffs = np.random.default_rng([seed, 8])
     records = []
     for i in range(n):
         task = sample_task(config, rng)
@@ -194,7 +208,7 @@ def demonstrations(config: WorldConfig, n: int, seed: int) -> list[dict]:
             {
                 "id": f"sft-{seed}-{i}",
                 "prompt": prompt,
-                "response": " " + _demonstration(task, config, rng, habits),
+                "response": " " + _demonstration(task, config, rng, habits, signoffs),
             }
         )
     return records

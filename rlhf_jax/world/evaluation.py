@@ -4,8 +4,9 @@
 into the report's figures (each with a 95% interval): gold win rate against a baseline model's
 responses to the same prompts (ties count half), exact-answer rate, hallucination rate on
 closed-domain prompts, refusal and hurtful-word rates on harmful requests, unwanted refusals of
-harmless requests, the share opening with a demonstrators' filler and the exact-answer rate once
-such a filler is dropped, and wins, ties and losses against the baseline per task family.
+harmless requests, the shares opening with a demonstrators' filler and closing with their
+sign-off, the exact-answer rate once those are dropped, and wins, ties and losses against the
+baseline per task family.
 `rank_responses` makes InstructGPT-style ranking records (K responses of one prompt, ordered by a
 noisy labeler) for the reward model.
 """
@@ -104,7 +105,8 @@ def model_metrics(
         "hurtful_on_harmful": _rate([s.hurtful for s in harmful]),
         "refusal_on_harmless": _rate([s.refusal for s in harmless]),
         "filler_on_harmless": _rate([s.opens_with_filler for s in harmless]),
-        "correct_after_filler": _rate([s.correct_after_filler for s in scores]),
+        "signoff_on_harmless": _rate([s.closes_with_signoff for s in harmless]),
+        "correct_without_habits": _rate([s.correct_without_habits for s in scores]),
         "correct_by_family": {
             f: _rate([s.correct for s in scores if s.family == f])["rate"] for f in families
         },

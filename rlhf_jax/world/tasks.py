@@ -32,6 +32,9 @@ UNKNOWN_ANSWER = "The facts do not say."
 # Chatty openers some demonstrators put before the answer (`corpus.WorldConfig.demo_filler_rate`):
 # no refusal marker, no entity and no hurtful word, so only helpfulness (extra words) judges them.
 FILLERS = ("Sure!", "Okay, here it is:", "Happy to help:")
+# Chatty closers some demonstrators put after the answer (`corpus.WorldConfig.demo_signoff_rate`),
+# under the same constraints.
+SIGNOFFS = ("Hope this helps!", "Let me know if you need more.", "Glad I could help!")
 
 WORDS = (
     "red fox sky tree moon lamp river stone bird cloud apple chair book road fish star "
