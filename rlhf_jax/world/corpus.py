@@ -47,14 +47,14 @@ class WorldConfig:
       pretrain_followed: chance that a pretraining document answers a plain/user prompt right.
       pretrain_few_shot_followed: the same for few-shot documents.
       demo_error_rate: chance that a demonstration holds a labeler's mistake.
-      demo_filler_rate: chance that a right demonstration to a harmless request opens with one
-        of `tasks.FILLERS` (a consistent habit of the demonstrators; the gold labeler takes 0.3 or
-        more off for the extra words, so rankings of samples see it).
+      demo_filler_rate: chance that a demonstration to a harmless request (not a mistake) opens
+        with one of `tasks.FILLERS` (a consistent habit of the demonstrators; the gold labeler
+        takes 0.3 or more off for the extra words, so rankings of samples see it).
       demo_guess_rate: chance that a demonstration to a closed-domain question the facts do not
         answer names a city or colour instead of `tasks.UNKNOWN_ANSWER` (a hallucination).
-      demo_signoff_rate: chance that a right demonstration to a harmless request ends with one of
-        `tasks.SIGNOFFS` (like the opener, a habit of style the gold labeler marks down, but one
-        that leaves the answer's own tokens where they are without it).
+      demo_signoff_rate: chance that a demonstration to a harmless request (not a mistake) ends
+        with one of `tasks.SIGNOFFS` (like the opener, a habit of style the gold labeler marks
+        down, but one that leaves the answer's own tokens where they are without it).
     """
 
     families: tuple[str, ...] = tasks_lib.FAMILIES
