@@ -50,7 +50,7 @@ from rlhf_jax.generation import SamplingConfig, generate_texts, make_sampler
 from rlhf_jax.models import CausalLM, ScalarModel, hf
 from rlhf_jax.training import export, steps
 from rlhf_jax.training.loop import means, sum_metrics
-from rlhf_jax.world import evaluation, labeler
+from rlhf_jax.world import corpus, evaluation, labeler
 from rlhf_jax.world import tasks as tasks_lib
 
 _UNTIL = flags.DEFINE_string(
@@ -570,6 +570,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, until: str | None = Non
     if until is not None and until not in names:
         raise ValueError(f"Unknown stage until={until!r}; the stages are {names}.")
     evaluated_models(config, workdir)  # a bad eval.extra_models fails now, not after the stages
+    corpus.WorldConfig(**presets.world_settings(config))  # so does a world rate outside [0, 1]
     os.makedirs(workdir, exist_ok=True)
     common.write_config(config, workdir)
     summaries, seconds = {}, {}

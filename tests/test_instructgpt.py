@@ -90,7 +90,7 @@ def test_stage_configs_follow_the_rm_size_and_value_model_knobs(tmp_path):
     assert ppo.ppo.temperature == 0.5  # rollouts sample at it, and PPO's log-probs use it
 
 
-def test_extra_models_join_the_evaluation_and_bad_ones_fail_before_any_stage(tmp_path):
+def test_extra_models_join_the_evaluation_and_bad_settings_fail_before_any_stage(tmp_path):
     other = tmp_path / "other_run" / "sft_small" / "model"
     other.mkdir(parents=True)
     (other / "config.json").write_text("{}")
@@ -110,6 +110,10 @@ def test_extra_models_join_the_evaluation_and_bad_ones_fail_before_any_stage(tmp
         config.eval.extra_models = extra
         with pytest.raises((ValueError, FileNotFoundError), match=error):
             instructgpt.run(config, workdir)
+    config.eval.extra_models = ""
+    config.world.demo_signoff_rate = 1.5
+    with pytest.raises(ValueError, match=r"demo_signoff_rate must be in \[0, 1\], got 1.5"):
+        instructgpt.run(config, workdir)
     assert not (tmp_path / "igpt").exists()  # nothing ran, nothing was written
 
 
