@@ -125,7 +125,7 @@ def without_habits(response: str) -> tuple[str, bool, bool]:
     closer = next((f for f in tasks_lib.SIGNOFFS if text.endswith(f)), None)
     if opener:
         text = text[len(opener) :]
-    if closer and len(text) >= len(closer):  # an opener and a closer never overlap
+    if closer:
         text = text[: -len(closer)]
     return text, opener is not None, closer is not None
 
