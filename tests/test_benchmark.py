@@ -114,3 +114,25 @@ def test_table_from_saved_stdout_skips_the_printed_table_and_names_xla_flags(tmp
     assert out.stdout.strip() == table.strip()
     assert "XLA_FLAGS='--xla_gpu_enable_triton_gemm=false'" in table.splitlines()[0]
     assert table.count("| e_ppo_update |") == 1
+
+
+def test_readme_benchmark_tables_are_the_saved_runs_rendered():
+    """Every row of the README's full benchmark tables is `--from_jsonl`'s rendering of a
+    committed run, figure for figure (the CPU table only adds "(slower)"/"(par)" after a ratio)."""
+    from experiments.benchmark import markdown_table
+
+    with open("README.md") as f:
+        readme = f.read().replace(" (slower)", "").replace(" (par)", "")
+    for path in (
+        "experiments/results/benchmark_cpu.jsonl",
+        "experiments/results/benchmark_gpu_h200.jsonl",
+        "experiments/results/benchmark_gpu_h100_gpt2/no_triton_gemm.jsonl",
+    ):
+        with open(path) as f:
+            results = [json.loads(line) for line in f if line.startswith("{")]
+        assert len(results) == 5, path
+        rows = [line for line in markdown_table(results).splitlines() if line.startswith("| ")]
+        workload_rows = rows[2:]
+        assert len(workload_rows) == 5
+        for row in workload_rows:
+            assert row in readme, (path, row)
