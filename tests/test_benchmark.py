@@ -5,6 +5,14 @@ import json
 import subprocess
 import sys
 
+WORKLOAD_NAMES = [
+    "a_sft_step",
+    "b_reward_step",
+    "c_generation",
+    "d_rollout_scoring",
+    "e_ppo_update",
+]
+
 
 def test_benchmark_prints_one_json_line_per_workload_with_torch_baseline():
     out = subprocess.run(
@@ -16,13 +24,7 @@ def test_benchmark_prints_one_json_line_per_workload_with_torch_baseline():
     )
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     results = {r["workload"]: r for r in map(json.loads, lines)}
-    assert list(results) == [
-        "a_sft_step",
-        "b_reward_step",
-        "c_generation",
-        "d_rollout_scoring",
-        "e_ppo_update",
-    ], out.stdout
+    assert list(results) == WORKLOAD_NAMES, out.stdout
     for result in results.values():
         jax_stats, torch_stats = result["jax"], result["torch"]
         assert jax_stats["runs"] == 2 and torch_stats["runs"] == 2
@@ -136,3 +138,23 @@ def test_readme_benchmark_tables_are_the_saved_runs_rendered():
         assert len(workload_rows) == 5
         for row in workload_rows:
             assert row in readme, (path, row)
+
+
+def test_readme_xla_defaults_table_is_the_saved_h100_runs():
+    """The README's GPT-2-small table of cuBLAS GEMMs against XLA's defaults quotes each saved
+    run's rate and compile time, for every workload."""
+    with open("README.md") as f:
+        readme = f.read()
+    folder = "experiments/results/benchmark_gpu_h100_gpt2"
+    cells = {}
+    for name in ("no_triton_gemm", "xla_defaults_e_b_d", "xla_defaults_c_a"):
+        with open(f"{folder}/{name}.jsonl") as f:
+            for result in map(json.loads, f):
+                stats = result["jax"]
+                rate = next(k for k in stats if k.endswith("_per_s") and k != "model_flops_per_s")
+                unit = result["unit"].split(" (")[0]
+                cell = f"{stats[rate]:,.0f} {unit}, {stats['compile_s']:.1f} s"
+                cells.setdefault(result["workload"], []).append(cell)
+    assert sorted(cells) == sorted(WORKLOAD_NAMES)
+    for workload, (cublas, defaults) in cells.items():
+        assert f"| {workload} | {cublas} | {defaults} |" in readme
