@@ -1,10 +1,14 @@
 """The end-to-end job's smoke preset in a subprocess: every stage runs, the report, its plots and
-its metrics JSON are produced and well-formed, and a rerun skips the finished stages. The smoke
-models are far too small to be good; nothing here asserts that they are."""
+its metrics JSON are produced and well-formed, a rerun skips the finished stages, and a run killed
+inside a stage resumes from its checkpoint to the same figures. The smoke models are far too
+small to be good; nothing here asserts that they are."""
 
 import json
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -183,19 +187,34 @@ def test_until_names_a_stage(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
 
 
-@pytest.mark.slow
-def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(tmp_path):
-    workdir = tmp_path / "igpt"
-    command = [
+def _smoke_command(workdir) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "experiments.instructgpt",
         f"--workdir={workdir}",
         "--preset=smoke",
     ]
-    env = subprocess_env()
-    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
 
+
+@pytest.fixture(scope="module")
+def smoke_workdir(tmp_path_factory):
+    """A finished smoke run, shared by the tests below (it takes about two minutes)."""
+    workdir = tmp_path_factory.mktemp("smoke") / "igpt"
+    subprocess.run(
+        _smoke_command(workdir),
+        cwd=REPO,
+        env=subprocess_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return workdir
+
+
+@pytest.mark.slow
+def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(smoke_workdir):
+    workdir = smoke_workdir
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert list(metrics["stages_wall_s"]) == STAGES
     assert all(s > 0 for s in metrics["stages_wall_s"].values())
@@ -249,9 +268,74 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(tmp_p
         with Image.open(workdir / png) as image:
             assert image.size[0] > 300 and image.size[1] > 100
 
-    rerun = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    rerun = subprocess.run(
+        _smoke_command(workdir),
+        cwd=REPO,
+        env=subprocess_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     assert rerun.stdout.count("finished earlier, skipped") == len(STAGES)
     assert json.loads((workdir / "metrics.json").read_text())["models"] == metrics["models"]
+
+
+def _without_timings(tree):
+    """`tree` without wall times and throughputs, the figures a resumed run may not repeat."""
+    if isinstance(tree, dict):
+        return {
+            k: _without_timings(v)
+            for k, v in tree.items()
+            if not (k.endswith("wall_s") or k.endswith("tokens_per_s"))
+        }
+    return tree
+
+
+@pytest.mark.slow
+def test_a_main_job_killed_inside_ppo_resumes_from_its_checkpoint_to_the_same_report(
+    smoke_workdir, tmp_path
+):
+    """SIGKILL once the PPO stage has written its first checkpoint (iteration 2 of 4); the rerun
+    skips the finished stages, resumes PPO from that checkpoint, and every figure of the report
+    but wall times and throughputs equals the uninterrupted run's."""
+    workdir = tmp_path / "igpt"
+    workdir.mkdir()
+    for stage in STAGES[: STAGES.index("ppo")] + ["tfds"]:
+        shutil.copytree(smoke_workdir / stage, workdir / stage)
+    checkpoints = workdir / "ppo" / "checkpoints"
+    job = subprocess.Popen(
+        _smoke_command(workdir),
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # A finished checkpoint's folder is named by its step (Orbax writes to a temporary name
+        # first).
+        while job.poll() is None and not (
+            checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+        ):
+            time.sleep(0.02)
+    finally:
+        job.kill()
+        job.wait()
+    assert job.returncode == -signal.SIGKILL, "the job ended before it could be killed"
+    assert not (workdir / "ppo" / "summary.json").exists()  # killed inside the PPO stage
+
+    rerun = subprocess.run(
+        _smoke_command(workdir),
+        cwd=REPO,
+        env=subprocess_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert rerun.stdout.count("finished earlier, skipped") == STAGES.index("ppo")
+    assert f"Resumed from {checkpoints} at step 2." in rerun.stdout
+    expected = json.loads((smoke_workdir / "metrics.json").read_text())
+    resumed = json.loads((workdir / "metrics.json").read_text())
+    assert _without_timings(resumed) == _without_timings(expected)
 
 
 def test_family_table_counts_net_wins_and_names_extra_models_as_given():
