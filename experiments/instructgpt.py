@@ -221,8 +221,11 @@ def _sampler_for(model_dir: str, temperature: float, max_new_tokens: int):
     return make_sampler(CausalLM(model_config), sampling), params, tokenizer, model_config
 
 
-def _generate(config, sampler, params, tokenizer, prompts: list[str], seed: int) -> list[str]:
-    """Each prompt's response text from `sampler` (the job's batch size and prompt budget)."""
+def _generate(
+    config, sampler, params, tokenizer, prompts: list[str], seed: int, progress: str
+) -> list[str]:
+    """Each prompt's response text from `sampler` (the job's batch size and prompt budget), with
+    a progress bar labelled `progress`."""
     return generate_texts(
         sampler,
         params,
@@ -231,6 +234,7 @@ def _generate(config, sampler, params, tokenizer, prompts: list[str], seed: int)
         batch_size=config.eval.batch_size,
         max_prompt_len=config.max_prompt_len,
         rng=jax.random.key(seed),
+        progress=progress,
     )
 
 
@@ -248,7 +252,7 @@ def stage_rank(config, workdir: str, out: str) -> dict:
     )
     ks = rng.integers(config.rank.k_min, config.rank.k_max + 1, size=len(prompts))
     flat = [p for p, k in zip(prompts, ks, strict=True) for _ in range(k)]
-    texts = _generate(config, sampler, params, tokenizer, flat, config.seed)
+    texts = _generate(config, sampler, params, tokenizer, flat, config.seed, "rank: sampling")
     kept_prompts, kept_responses, single = [], [], 0
     start = 0
     for prompt, k in zip(prompts, ks, strict=True):
@@ -385,7 +389,9 @@ def stage_best_of_n(config, workdir: str, out: str) -> dict:
         ("samples", temperature, [p for p in prompts for _ in range(n)], config.seed + 2),
     ):
         sampler, params, tokenizer, _ = _sampler_for(sft_dir, temp, config.max_new_tokens)
-        answers[name] = _generate(config, sampler, params, tokenizer, asked, seed)
+        answers[name] = _generate(
+            config, sampler, params, tokenizer, asked, seed, f"best_of_n: {name}"
+        )
     baseline = evaluation.judge(prompts, answers["greedy"])
     flat = evaluation.judge([p for p in prompts for _ in range(n)], answers["samples"])
     judged = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
@@ -494,7 +500,9 @@ def stage_evaluate(config, workdir: str, out: str) -> dict:
         )
         if not few_shot:  # the few-shot rows reuse their zero-shot model
             nlls[name] = _pretrain_nll(config, workdir, model_config, params, tokenizer)
-        responses[name] = _generate(config, sampler, params, tokenizer, asked, config.seed + 1)
+        responses[name] = _generate(
+            config, sampler, params, tokenizer, asked, config.seed + 1, f"evaluate: {name}"
+        )
         scores[name] = evaluation.judge(prompts, responses[name])
     baseline = scores["sft_small"]
     metrics = {

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from tqdm.auto import tqdm
 
 from rlhf_jax import sharding
 from rlhf_jax.models.heads import CausalLM
@@ -272,6 +273,7 @@ def generate_texts(
     batch_size: int,
     max_prompt_len: int,
     rng: jax.Array,
+    progress: str | None = None,
 ) -> list[str]:
     """Response texts (EOS dropped) of `sampler` (from `make_sampler`) for every prompt.
 
@@ -281,8 +283,10 @@ def generate_texts(
     Args:
       sampler: fn(params, tokens_bp, mask_bp, rng) -> GenerationOutput.
       tokenizer: a `rlhf_jax.data.Tokenizer` (prompts are left-padded to `max_prompt_len`).
+      progress: if given, a progress bar with this label counts the prompts answered.
     """
     texts = []
+    bar = tqdm(total=len(prompts), desc=progress, unit="prompt", disable=progress is None)
     for index, start in enumerate(range(0, len(prompts), batch_size)):
         chunk = list(prompts[start : start + batch_size])
         rows = len(chunk)
@@ -291,4 +295,6 @@ def generate_texts(
         out = sampler(params, batch.tokens_bp, batch.mask_bp, jax.random.fold_in(rng, index))
         tokens, mask = jax.device_get((out.response_tokens_bn, out.response_mask_bn))
         texts += [tokenizer.decode(tokens[i][mask[i]]) for i in range(rows)]
+        bar.update(rows)
+    bar.close()
     return texts

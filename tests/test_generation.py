@@ -168,7 +168,7 @@ def test_bad_prompts_and_configs_are_rejected():
         SamplingConfig(0)
 
 
-def test_generate_texts_batches_pads_and_decodes_every_prompt():
+def test_generate_texts_batches_pads_and_decodes_every_prompt(capsys):
     from rlhf_jax.data.tokenizer import train_bpe_tokenizer
     from rlhf_jax.training import state as state_lib
 
@@ -186,6 +186,11 @@ def test_generate_texts_batches_pads_and_decodes_every_prompt():
     kwargs = dict(batch_size=2, max_prompt_len=16, rng=jax.random.key(0))
     got = generate_texts(sampler, params, tokenizer, prompts, **kwargs)
     assert len(got) == 5  # 3 batches, the last padded with a repeat
+    assert "answering" not in capsys.readouterr().err  # no progress bar unless asked for
+    with_bar = generate_texts(sampler, params, tokenizer, prompts, progress="answering", **kwargs)
+    assert with_bar == got
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert bar.startswith("answering: 100%") and "5/5" in bar, bar
     # Each prompt's text equals decoding a call with that prompt alone (greedy: order-free).
     for prompt, text in zip(prompts, got, strict=True):
         batch = tokenizer.encode_prompts([prompt, prompt], 16)
