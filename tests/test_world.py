@@ -1,11 +1,13 @@
 """The synthetic instruction world: task parsing, the gold labeler, noisy labelers and datasets."""
 
 import collections
+import logging
 
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
-from rlhf_jax.data import records, sources
+from rlhf_jax.data import builders, records, sources
 from rlhf_jax.world import corpus, evaluation, labeler, tasks
 
 QA_PROMPT = (
@@ -230,9 +232,18 @@ def test_bad_world_settings_are_rejected():
         corpus.world_splits("rlhf", corpus.WorldConfig(), corpus.WorldSizes(), 0)
 
 
-def test_tfds_builder_generates_the_world_locally(tmp_path):
+def test_tfds_builder_generates_the_world_locally(tmp_path, caplog):
     world = {"seed": 3, "sizes": {"sft": 40, "sft_validation": 10, "test": 20}}
-    train = sources.open_source("instruction_world/sft", "train", data_dir=tmp_path, world=world)
+    with caplog.at_level(logging.WARNING):
+        train = sources.open_source(
+            "instruction_world/sft", "train", data_dir=tmp_path, world=world
+        )
+        sources.open_source("instruction_world/sft", "train", data_dir=tmp_path, world=world)
+    # A made-to-measure world config is not worth a warning each time a job opens it.
+    assert caplog.records and not any("custom data configuration" in m for m in caplog.messages)
+    with caplog.at_level(logging.WARNING):  # other builders' custom configs still warn
+        absl_logging.warning("Using custom data configuration: %s", builders.HHConfig(name="x"))
+    assert caplog.messages[-1].startswith("Using custom data configuration: HHConfig(name='x'")
     expected = corpus.world_splits(
         "sft", corpus.WorldConfig(), corpus.WorldSizes(**world["sizes"]), seed=3
     )["train"]

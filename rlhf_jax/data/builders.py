@@ -38,6 +38,23 @@ DEMONSTRATIONS = "demonstrations"
 COMPARISONS = "comparisons"
 
 
+class _QuietMadeConfigs:
+    """Drops TFDS's "Using custom data configuration" warning for this module's made-to-measure
+    configs (`JsonlConfig`, `InstructionWorldConfig`): they are custom by design, and a job
+    opens its datasets dozens of times. Other builders' configs still warn."""
+
+    def filter(self, record) -> bool:
+        return not (
+            record.msg == "Using custom data configuration: %s"
+            and isinstance(record.args, tuple)
+            and len(record.args) == 1
+            and isinstance(record.args[0], JsonlConfig | InstructionWorldConfig)
+        )
+
+
+logging.get_absl_logger().addFilter(_QuietMadeConfigs())
+
+
 def features_for(kind: str) -> tfds.features.FeaturesDict:
     """Feature spec of a demonstration or comparison record (text stored as UTF-8)."""
     if kind == DEMONSTRATIONS:
