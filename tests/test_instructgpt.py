@@ -197,11 +197,9 @@ def _smoke_command(workdir) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def smoke_workdir(tmp_path_factory):
-    """A finished smoke run, shared by the tests below (it takes about two minutes)."""
-    workdir = tmp_path_factory.mktemp("smoke") / "igpt"
-    subprocess.run(
+def _run_smoke(workdir) -> subprocess.CompletedProcess:
+    """The smoke main job in `workdir`, to the end; raises if it fails."""
+    return subprocess.run(
         _smoke_command(workdir),
         cwd=REPO,
         env=subprocess_env(),
@@ -209,6 +207,13 @@ def smoke_workdir(tmp_path_factory):
         capture_output=True,
         text=True,
     )
+
+
+@pytest.fixture(scope="module")
+def smoke_workdir(tmp_path_factory):
+    """A finished smoke run, shared by the tests below (it takes about two minutes)."""
+    workdir = tmp_path_factory.mktemp("smoke") / "igpt"
+    _run_smoke(workdir)
     return workdir
 
 
@@ -268,14 +273,7 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(smoke
         with Image.open(workdir / png) as image:
             assert image.size[0] > 300 and image.size[1] > 100
 
-    rerun = subprocess.run(
-        _smoke_command(workdir),
-        cwd=REPO,
-        env=subprocess_env(),
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    rerun = _run_smoke(workdir)
     assert rerun.stdout.count("finished earlier, skipped") == len(STAGES)
     assert json.loads((workdir / "metrics.json").read_text())["models"] == metrics["models"]
 
@@ -323,14 +321,7 @@ def test_a_main_job_killed_inside_ppo_resumes_from_its_checkpoint_to_the_same_re
     assert job.returncode == -signal.SIGKILL, "the job ended before it could be killed"
     assert not (workdir / "ppo" / "summary.json").exists()  # killed inside the PPO stage
 
-    rerun = subprocess.run(
-        _smoke_command(workdir),
-        cwd=REPO,
-        env=subprocess_env(),
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    rerun = _run_smoke(workdir)
     assert rerun.stdout.count("finished earlier, skipped") == STAGES.index("ppo")
     assert f"Resumed from {checkpoints} at step 2." in rerun.stdout
     expected = json.loads((smoke_workdir / "metrics.json").read_text())
