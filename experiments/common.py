@@ -315,9 +315,17 @@ def finish(workdir: str, writer: MetricWriter, summary: dict, plot_keys: tuple[s
     plot_metrics(
         os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "metrics.png"), plot_keys
     )
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json_atomically(os.path.join(workdir, "summary.json"), summary)
     print(json.dumps(summary), flush=True)
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+    """`value` as indented JSON at `path`, whole or not at all: a process killed while writing
+    leaves the previous file (or none), never a truncated one."""
+    partial = f"{path}.partial"
+    with open(partial, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(partial, path)
 
 
 def eval_batches(source, transform, batch_size: int, seed: int):

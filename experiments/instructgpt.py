@@ -20,8 +20,9 @@ Stages, each in its own folder of the workdir and each reusing a stage module:
   evaluate        every model answers the held-out prompts; the gold labeler judges
   report          report.md, metrics.json and PNG plots in the workdir
 
-A stage whose folder holds its `summary.json` is finished and skipped when the command is rerun;
-a stage killed midway resumes from its checkpoints. Wall time per stage is printed and reported.
+A stage whose folder holds its `summary.json` is finished and skipped when the command is rerun
+(summaries are written whole or not at all; one that cannot be read runs its stage again); a
+stage killed midway resumes from its checkpoints. Wall time per stage is printed and reported.
 `--until=<stage>` stops after that stage (no report); a later run without it goes on.
 """
 
@@ -565,6 +566,23 @@ def _outdated(stage: str, finished: dict, config) -> str | None:
     return None
 
 
+def _read_summary(name: str, path: str) -> dict | None:
+    """A stage's `summary.json`, or None where there is none or it cannot be read (the stage then
+    runs again; a training stage resumes from its last checkpoint)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError covers JSONDecodeError and bad UTF-8
+        print(f"[instructgpt] {name}: {path} is unreadable ({e}), so it runs again.", flush=True)
+        return None
+    if not isinstance(summary, dict):
+        print(f"[instructgpt] {name}: {path} holds no summary, so it runs again.", flush=True)
+        return None
+    return summary
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, until: str | None = None) -> dict:
     """Runs (or finishes) every stage and writes the report; returns the report's metrics.
 
@@ -585,9 +603,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, until: str | None = Non
     for name, fn in all_stages[: names.index(until) + 1 if until else len(all_stages)]:
         out = os.path.join(workdir, name)
         path = os.path.join(out, "summary.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                finished = json.load(f)
+        finished = _read_summary(name, path)
+        if finished is not None:
             outdated = _outdated(name, finished, config)
             if not finished.get("preempted") and not outdated:
                 summaries[name], seconds[name] = finished, finished.get("wall_s")
@@ -604,8 +621,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, until: str | None = Non
         summary["wall_s"] = seconds[name] = time.perf_counter() - start
         summaries[name] = summary
         if common.is_chief():
-            with open(path, "w") as f:
-                json.dump(summary, f, indent=2)
+            common.write_json_atomically(path, summary)
         print(f"[instructgpt] {name}: {seconds[name]:.1f} s", flush=True)
     if until is not None:
         return summaries

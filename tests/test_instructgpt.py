@@ -149,6 +149,38 @@ def test_a_finished_evaluation_runs_again_only_when_its_extra_models_change(tmp_
         assert runs == expected_runs, extra
 
 
+def test_a_stage_whose_summary_is_truncated_or_not_a_summary_runs_again(
+    tmp_path, monkeypatch, capsys
+):
+    """A summary.json cut short (a kill while it was written, before writes were atomic) or
+    holding something else does not stop the job: that stage runs again, the next is skipped."""
+    config = presets.get_config("smoke")
+    runs = []
+    monkeypatch.setattr(
+        instructgpt,
+        "stages",
+        lambda config, workdir: [
+            (name, lambda out, name=name: runs.append(name) or {"stage": name})
+            for name in ("first", "second")
+        ],
+    )
+    monkeypatch.setattr(instructgpt_report, "write_report", lambda *args: {"headline": {}})
+    workdir = tmp_path / "igpt"
+    instructgpt.run(config, str(workdir))
+    assert runs == ["first", "second"]
+    summary = workdir / "first" / "summary.json"
+    assert json.loads(summary.read_text())["stage"] == "first"
+    assert not list(workdir.glob("*/*.partial"))  # written whole, then renamed
+    for broken, why in [(summary.read_text()[:7], "is unreadable"), ("[1, 2]", "holds no summary")]:
+        summary.write_text(broken)
+        capsys.readouterr()
+        before = len(runs)
+        instructgpt.run(config, str(workdir))
+        assert runs[before:] == ["first"]  # only the broken stage ran again
+        assert f"first: {summary} {why}" in capsys.readouterr().out
+        assert json.loads(summary.read_text())["stage"] == "first"
+
+
 def test_world_rates_reach_the_datasets_and_a_default_run_keeps_its_dataset_names(tmp_path):
     config = presets.get_config("smoke")
     assert presets.world_settings(config) == {}
