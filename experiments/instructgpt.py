@@ -266,21 +266,19 @@ def stage_rank(config, workdir: str, out: str) -> dict:
         kept_responses.append([" " + u for u in unique])
     if len(kept_prompts) < 4:
         raise ValueError(f"Only {len(kept_prompts)} rm prompts had >= 2 distinct samples.")
-    gaps = evaluation.pair_gaps(kept_prompts, kept_responses)
+    totals = evaluation.gold_totals(kept_prompts, kept_responses)  # scored once, used thrice
+    gaps = evaluation.pair_gaps(totals)
     try:
         temperature, reachable = labeler.calibrate_temperature(gaps, config.rank.agreement), True
     except ValueError as e:  # too many tied pairs (e.g. a weak SFT model): least noisy labeler
         logging.warning("%s Using the lowest temperature, 1e-3.", e)
         temperature, reachable = 1e-3, False
     records = [
-        evaluation.rank_responses(p, r, temperature, rng)
-        for p, r in zip(kept_prompts, kept_responses, strict=True)
+        evaluation.rank_responses(p, r, temperature, rng, totals=t)
+        for p, r, t in zip(kept_prompts, kept_responses, totals, strict=True)
     ]
     n_heldout = max(2, int(round(config.rank.heldout_fraction * len(records))))
-    heldout_totals = [
-        [labeler.gold_score(p, x) for x in r]
-        for p, r in zip(kept_prompts[-n_heldout:], kept_responses[-n_heldout:], strict=True)
-    ]
+    heldout_totals = totals[-n_heldout:]
     agreement = labeler.measured_agreement(heldout_totals, temperature, rng)
     gold_accuracy = _gold_order_accuracy(records[-n_heldout:], heldout_totals)
     if common.is_chief():

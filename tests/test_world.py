@@ -309,8 +309,18 @@ def test_rank_responses_makes_records_the_ranking_parser_reads():
     assert record["ranking"][1] == 0  # at a tiny temperature the right answer is ranked first
     (parsed,) = records.parse_ranking(record)
     assert len(parsed["pairs"]) == 6 and all(w != loser for w, loser in parsed["pairs"])
-    gaps = evaluation.pair_gaps([prompt], [record["responses"]])
+    (totals,) = evaluation.gold_totals([prompt], [record["responses"]])
+    assert totals == [labeler.gold_score(prompt, r) for r in record["responses"]]
+    gaps = evaluation.pair_gaps([totals])
     assert gaps.shape == (6,) and np.count_nonzero(gaps) >= 3
+    assert gaps[0] == totals[0] - totals[1] and gaps[-1] == totals[2] - totals[3]
+    # Given the same totals, the ranking draws exactly what it draws when it scores them itself.
+    again = evaluation.rank_responses(
+        prompt, record["responses"], 0.01, np.random.default_rng(0), totals=totals
+    )
+    assert again == record
+    with pytest.raises(ValueError, match="3 gold totals for 4 responses"):
+        evaluation.rank_responses(prompt, record["responses"], 0.01, rng, totals=totals[:3])
 
 
 def _rollout_rows(tokenizer, prompts: list[str], responses: list[str]):

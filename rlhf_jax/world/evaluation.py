@@ -115,13 +115,23 @@ def model_metrics(
 
 
 def rank_responses(
-    prompt: str, responses: Sequence[str], temperature: float, rng: np.random.Generator
+    prompt: str,
+    responses: Sequence[str],
+    temperature: float,
+    rng: np.random.Generator,
+    totals: Sequence[float] | None = None,
 ) -> dict:
     """A ranking record `{prompt, responses, ranking}` (ranking[i] = rank of responses[i], 0 =
-    best) from one noisy labeler; the format of `rlhf_jax.data.records.parse_ranking`."""
+    best) from one noisy labeler; the format of `rlhf_jax.data.records.parse_ranking`.
+
+    `totals`: the responses' gold totals where the caller has them already (`gold_totals`).
+    """
     if len(responses) < 2:
         raise ValueError("A ranking needs at least 2 responses.")
-    totals = [labeler.gold_score(prompt, r) for r in responses]
+    if totals is None:
+        totals = [labeler.gold_score(prompt, r) for r in responses]
+    elif len(totals) != len(responses):
+        raise ValueError(f"{len(totals)} gold totals for {len(responses)} responses.")
     order = labeler.sample_ranking(totals, temperature, rng)
     ranks = [0] * len(responses)
     for rank, index in enumerate(order):
@@ -129,11 +139,20 @@ def rank_responses(
     return {"prompt": prompt, "responses": list(responses), "ranking": ranks}
 
 
-def pair_gaps(prompts: Sequence[str], responses: Sequence[Sequence[str]]) -> np.ndarray:
-    """Gold-score differences of all C(K, 2) response pairs of every prompt (for calibration)."""
+def gold_totals(prompts: Sequence[str], responses: Sequence[Sequence[str]]) -> list[list[float]]:
+    """The gold labeler's total for each response of each prompt."""
+    return [
+        [labeler.gold_score(prompt, r) for r in row]
+        for prompt, row in zip(prompts, responses, strict=True)
+    ]
+
+
+def pair_gaps(totals: Sequence[Sequence[float]]) -> np.ndarray:
+    """Gold-total differences of all C(K, 2) response pairs of every prompt (for calibration),
+    from each prompt's response totals (`gold_totals`)."""
     gaps = []
-    for prompt, row in zip(prompts, responses, strict=True):
-        totals = np.asarray([labeler.gold_score(prompt, r) for r in row])
-        i, j = np.triu_indices(len(totals), k=1)
-        gaps.append(totals[i] - totals[j])
+    for row in totals:
+        row = np.asarray(row)
+        i, j = np.triu_indices(len(row), k=1)
+        gaps.append(row[i] - row[j])
     return np.concatenate(gaps) if gaps else np.zeros(0)
