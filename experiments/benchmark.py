@@ -1025,6 +1025,11 @@ def markdown_table(results: list[dict]) -> str:
 def main(argv):
     del argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Compile times are measured, so none may come out of a persistent cache (one named by
+    # JAX_COMPILATION_CACHE_DIR, say).
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
     if _FROM_JSONL.value:
         with open(_FROM_JSONL.value) as f:
             # Saved stdout holds the JSON lines and then, unless --notable, the table itself.

@@ -20,11 +20,11 @@ from typing import Any
 
 import jax
 import ml_collections
-from absl import flags, logging
+from absl import app, flags, logging
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from rlhf_jax import sharding
+from rlhf_jax import compilation_cache, sharding
 from rlhf_jax.data import pipeline, sources
 from rlhf_jax.data.tokenizer import Tokenizer, train_bpe_tokenizer
 from rlhf_jax.models import TransformerConfig, hf
@@ -52,14 +52,36 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "Call jax.distributed.initialize() first: one process per host of a TPU slice or GPU "
     "cluster, all started with the same command (addresses from the cluster's environment).",
 )
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir",
+    compilation_cache.DEFAULT_DIR,
+    "JAX's persistent compilation cache: compiled programs are kept here and loaded by later "
+    "runs instead of compiling again (same results). Empty: off. JAX_COMPILATION_CACHE_DIR, "
+    "when set, wins.",
+)
 
 
 def setup_process() -> None:
-    """What every experiment's main does first: quiet orbax's per-file INFO logs and, with
-    --distributed, join the other processes so the mesh spans every host's devices."""
+    """What every experiment's main does first: quiet orbax's per-file INFO logs, switch on the
+    persistent compilation cache (--compilation_cache_dir) and, with --distributed, join the
+    other processes so the mesh spans every host's devices."""
     logging.set_verbosity(logging.WARNING)
+    compilation_cache.enable_compilation_cache(_COMPILATION_CACHE_DIR.value)
     if _DISTRIBUTED.value:
         sharding.initialize_distributed()
+
+
+def run_stage_module(run: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
+    """The `__main__` of a stage module: `--config` and `--workdir` are required, the process is
+    set up (`setup_process`), then `run(config, workdir)`."""
+
+    def main(argv):
+        del argv
+        setup_process()
+        run(CONFIG.value, WORKDIR.value)
+
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
 
 
 def resolve_path(path: str | None) -> str | None:

@@ -22,13 +22,15 @@ Stages, each in its own folder of the workdir and each reusing a stage module:
 
 A stage whose folder holds its `summary.json` is finished and skipped when the command is rerun
 (summaries are written whole or not at all; one that cannot be read runs its stage again); a
-stage killed midway resumes from its checkpoints. Wall time per stage is printed and reported.
+stage killed midway resumes from its checkpoints. Wall time per stage, and the part of it spent
+in XLA's compiler, is printed and reported.
 `--until=<stage>` stops after that stage (no report); a later run without it goes on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -581,6 +583,27 @@ def _read_summary(name: str, path: str) -> dict | None:
     return summary
 
 
+class _CompileClock:
+    """Seconds this process has spent in XLA's compiler, or loading a compiled program from the
+    persistent cache, since the clock was made (jax.monitoring's compile-duration events)."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.seconds = 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event: str, duration_s: float, **kwargs) -> None:
+        if event == self.EVENT:
+            self.seconds += duration_s
+
+
+@functools.cache
+def _compile_clock() -> _CompileClock:
+    """The process's one clock (a listener cannot be taken back, so it is registered once)."""
+    return _CompileClock()
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, until: str | None = None) -> dict:
     """Runs (or finishes) every stage and writes the report; returns the report's metrics.
 
@@ -612,15 +635,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, until: str | None = Non
                 print(f"[instructgpt] {name}: finished earlier, but {outdated}.", flush=True)
         os.makedirs(out, exist_ok=True)
         print(f"[instructgpt] {name} ...", flush=True)
-        start = time.perf_counter()
+        start, compiled = time.perf_counter(), _compile_clock().seconds
         summary = dict(fn(out))
         if summary.get("preempted"):
             raise SystemExit(f"[instructgpt] {name} was stopped; rerun the command to resume.")
         summary["wall_s"] = seconds[name] = time.perf_counter() - start
+        summary["compile_s"] = _compile_clock().seconds - compiled
         summaries[name] = summary
         if common.is_chief():
             common.write_json_atomically(path, summary)
-        print(f"[instructgpt] {name}: {seconds[name]:.1f} s", flush=True)
+        print(
+            f"[instructgpt] {name}: {seconds[name]:.1f} s "
+            f"(XLA compiling: {summary['compile_s']:.1f} s)",
+            flush=True,
+        )
     if until is not None:
         return summaries
     report = instructgpt_report.write_report(config, workdir, summaries, seconds)

@@ -124,6 +124,26 @@ def _compare(a: dict, b: dict) -> str:
     return "is not distinguishable at 95% from"
 
 
+def _stage_time_table(m: dict) -> list[str]:
+    """Wall seconds per stage and, in runs that measured it, the part spent in XLA's compiler
+    (or loading compiled programs from the persistent cache)."""
+    compile_s = m.get("stages_compile_s") or {}
+
+    def cell(value):
+        return "n/a" if value is None else f"{value:.1f}"
+
+    if not any(v is not None for v in compile_s.values()):
+        lines = ["| stage | seconds |", "| --- | --- |"]
+        lines += [f"| {k} | {cell(v)} |" for k, v in m["stages_wall_s"].items()]
+        return lines + [f"| total | {m['headline']['total_wall_s']:.1f} |"]
+    lines = ["| stage | seconds | of which XLA compiling |", "| --- | --- | --- |"]
+    lines += [
+        f"| {k} | {cell(v)} | {cell(compile_s.get(k))} |" for k, v in m["stages_wall_s"].items()
+    ]
+    total_compile = sum(v for v in compile_s.values() if v)
+    return lines + [f"| total | {m['headline']['total_wall_s']:.1f} | {total_compile:.1f} |"]
+
+
 def write_report(config, workdir: str, summaries: dict, seconds: dict) -> dict:
     """Writes workdir/report.md, workdir/metrics.json, win_rates.png and ppo_curves.png."""
     models = summaries["evaluate"]["models"]
@@ -162,6 +182,7 @@ def write_report(config, workdir: str, summaries: dict, seconds: dict) -> dict:
     metrics = {
         "headline": headline,
         "stages_wall_s": seconds,
+        "stages_compile_s": {name: summaries[name].get("compile_s") for name in seconds},
         "models": models,
         "rank": rank,
         "rm_families": summaries["rm_families"]["by_family"],
@@ -355,11 +376,7 @@ def _markdown(config, workdir: str, m: dict) -> str:
         "## Acceptance checks (as measured; not tuned)\n",
     ]
     lines += [f"- {k}: {'met' if v else '**not met**'}" for k, v in h["checks"].items()]
-    lines += ["", "## Wall time per stage\n", "| stage | seconds |", "| --- | --- |"]
-    lines += [
-        f"| {k} | {'n/a' if v is None else f'{v:.1f}'} |" for k, v in m["stages_wall_s"].items()
-    ]
-    lines += [f"| total | {h['total_wall_s']:.1f} |", "", "## Sample responses\n"]
+    lines += ["", "## Wall time per stage\n", *_stage_time_table(m), "", "## Sample responses\n"]
     lines += _samples(workdir)
     return "\n".join(lines) + "\n"
 

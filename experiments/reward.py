@@ -17,7 +17,6 @@ import os
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
 
 from experiments import common
 from rlhf_jax import losses
@@ -148,12 +147,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
-def main(argv):
-    del argv
-    common.setup_process()
-    run(common.CONFIG.value, common.WORKDIR.value)
-
-
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    common.run_stage_module(run)

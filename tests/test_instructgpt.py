@@ -255,6 +255,9 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(smoke
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert list(metrics["stages_wall_s"]) == STAGES
     assert all(s > 0 for s in metrics["stages_wall_s"].values())
+    compiling = metrics["stages_compile_s"]
+    assert list(compiling) == STAGES and compiling["pretrain_small"] > 0
+    assert all(0 <= compiling[s] <= metrics["stages_wall_s"][s] for s in STAGES)
     config = presets.get_config("smoke")
     names = [name for name, _, _ in instructgpt.evaluated_models(config, str(workdir))]
     assert sorted(metrics["models"]) == sorted(names)
@@ -294,6 +297,7 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(smoke
     report = (workdir / "report.md").read_text()
     for heading in ("Win rate against", "Reward model", "Best of 4", "alignment tax", "Wall time"):
         assert heading in report, heading
+    assert "| stage | seconds | of which XLA compiling |" in report
     for name in ("ppo_small", "ppo_ptx_small"):
         outcomes = metrics["models"][name]["outcomes_by_family"]
         assert sum(x["wins"] + x["ties"] + x["losses"] for x in outcomes.values()) == 32
@@ -311,12 +315,13 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(smoke
 
 
 def _without_timings(tree):
-    """`tree` without wall times and throughputs, the figures a resumed run may not repeat."""
+    """`tree` without wall times, compile times and throughputs, the figures a resumed run may
+    not repeat."""
     if isinstance(tree, dict):
         return {
             k: _without_timings(v)
             for k, v in tree.items()
-            if not (k.endswith("wall_s") or k.endswith("tokens_per_s"))
+            if not k.endswith(("wall_s", "compile_s", "tokens_per_s"))
         }
     return tree
 
@@ -383,6 +388,82 @@ def test_family_table_counts_net_wins_and_names_extra_models_as_given():
     summary = next(line for line in lines if line.startswith("SFT's answer already"))
     assert "on 3 of the 20 prompts" in summary and "wins - losses >= 6" in summary
     assert "PPO has +0, PPO-ptx has +2, sft_other has +9." in summary
+
+
+def _same_where_present(run, reference, path="metrics"):
+    """Asserts that every entry of `reference` is in `run` with the same value (dicts compared
+    key by key, so `run` may hold entries the older `reference` predates)."""
+    if isinstance(reference, dict):
+        assert isinstance(run, dict), path
+        for key, value in reference.items():
+            assert key in run, f"{path}.{key}"
+            _same_where_present(run[key], value, f"{path}.{key}")
+    else:
+        assert run == reference, path
+
+
+def test_compilation_cache_runs_repeat_the_default_run_and_the_readme_quotes_them():
+    """experiments/results/compilation_cache: each preset run twice on one cache folder. The
+    second run's figures equal the first's, the default runs equal the committed default run
+    made without the cache, and the folder's README table is the runs' own stage times."""
+    results = REPO / "experiments" / "results"
+    folder = results / "compilation_cache"
+    runs = {
+        name: json.loads((folder / name / "metrics.json").read_text())
+        for name in ("default_cold", "default_warm", "smoke_cold", "smoke_warm")
+    }
+    for preset in ("default", "smoke"):
+        cold, warm = runs[f"{preset}_cold"], runs[f"{preset}_warm"]
+        assert cold["headline"]["preset"] == preset
+        assert _without_timings(cold) == _without_timings(warm)
+        compiled = [sum(run["stages_compile_s"].values()) for run in (cold, warm)]
+        assert compiled[1] < compiled[0] / 3  # the second run loads what the first compiled
+    committed = json.loads((results / "instructgpt_default" / "metrics.json").read_text())
+    _same_where_present(_without_timings(runs["default_cold"]), _without_timings(committed))
+
+    readme = (folder / "README.md").read_text()
+    runs_of = ("cold", "warm")
+    cold, warm = runs["default_cold"], runs["default_warm"]
+    for stage, seconds in cold["stages_wall_s"].items():
+        row = (
+            f"| {stage} | {seconds:.1f} | {cold['stages_compile_s'][stage]:.1f} | "
+            f"{warm['stages_wall_s'][stage]:.1f} | {warm['stages_compile_s'][stage]:.1f} |"
+        )
+        assert row in readme, row
+    for preset in ("default", "smoke"):
+        totals = [
+            f"**{run['headline']['total_wall_s']:.1f}** | "
+            f"**{sum(run['stages_compile_s'].values()):.1f}**"
+            for run in (runs[f"{preset}_cold"], runs[f"{preset}_warm"])
+        ]
+        assert f"| **{preset} preset, total** | {totals[0]} | {totals[1]} |" in readme
+    main_readme = " ".join((REPO / "README.md").read_text().split())
+    for preset in ("default", "smoke"):
+        first, second = (sum(runs[f"{preset}_{k}"]["stages_compile_s"].values()) for k in runs_of)
+        assert f"{first:.1f} s then {second:.1f} s" in main_readme, preset
+
+
+def test_stage_time_table_adds_compile_seconds_only_for_runs_that_measured_them():
+    committed = json.loads(
+        (REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json").read_text()
+    )
+    assert "stages_compile_s" not in committed  # measured before compile times were
+    old = instructgpt_report._stage_time_table(committed)
+    assert old[:2] == ["| stage | seconds |", "| --- | --- |"]
+    assert old[-1] == f"| total | {committed['headline']['total_wall_s']:.1f} |"
+
+    measured = dict(
+        headline={"total_wall_s": 12.0},
+        stages_wall_s={"world": 2.0, "rm": 10.0},
+        stages_compile_s={"world": None, "rm": 3.31},
+    )
+    assert instructgpt_report._stage_time_table(measured) == [
+        "| stage | seconds | of which XLA compiling |",
+        "| --- | --- | --- |",
+        "| world | 2.0 | n/a |",
+        "| rm | 10.0 | 3.3 |",
+        "| total | 12.0 | 3.3 |",
+    ]
 
 
 @pytest.mark.parametrize(
