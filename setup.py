@@ -22,6 +22,7 @@ RUNTIME = [
     "numpy>=2.0",
     "ml_dtypes>=0.6",
     "matplotlib>=3.10",
+    "filelock>=3.12",  # JAX's compilation cache locks its folder to keep it under its size limit
 ]
 
 DEV = [

@@ -41,7 +41,8 @@ def enable_compilation_cache(
     own choice wins, and JAX opens its cache only once per process.
 
     Args:
-      directory: where the executables go (`~` expanded); None or "" leaves the cache off.
+      directory: where the executables go (`~` expanded), or a bucket URL such as
+        gs://bucket/cache that every host of a pod shares; None or "" leaves the cache off.
       min_compile_time_s: seconds; programs that compile faster are not cached.
       max_size_bytes: the cache's size limit; least recently used entries go first (-1: none).
 
@@ -50,11 +51,13 @@ def enable_compilation_cache(
     """
     chosen = jax.config.jax_compilation_cache_dir
     if chosen:
-        return os.path.abspath(os.path.expanduser(chosen))
+        return chosen if "://" in chosen else os.path.abspath(os.path.expanduser(chosen))
     if not directory:
         return None
-    path = os.path.abspath(os.path.expanduser(os.fspath(directory)))
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    path = os.fspath(directory)
+    if "://" not in path:  # a bucket (gs://...) is JAX's to open; a local folder is made private
+        path = os.path.abspath(os.path.expanduser(path))
+        os.makedirs(path, mode=0o700, exist_ok=True)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
     jax.config.update("jax_compilation_cache_max_size", int(max_size_bytes))
     jax.config.update("jax_compilation_cache_dir", path)

@@ -74,3 +74,23 @@ def test_no_directory_leaves_the_cache_off(tmp_path):
     result = _run("", str(tmp_path / "y.npy"))
     assert result["path"] is None and result["config_dir"] is None
     assert result["hits"] == 0 and result["misses"] == 0
+
+
+def test_a_bucket_url_is_passed_to_jax_as_given(tmp_path):
+    """gs://... is JAX's to open (no local folder is made); nothing is compiled here, since this
+    machine reaches no bucket."""
+    program = (
+        "import jax; from rlhf_jax.compilation_cache import enable_compilation_cache; "
+        "print(enable_compilation_cache('gs://bucket/cache'), jax.config.jax_compilation_cache_dir)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split() == ["gs://bucket/cache", "gs://bucket/cache"]
+    assert not any(tmp_path.iterdir())
