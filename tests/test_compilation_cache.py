@@ -34,8 +34,13 @@ print(json.dumps({
 """
 
 
+def _env_without_cache() -> dict[str, str]:
+    """This process's environment without the suite's cache settings (tests/conftest.py)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+
+
 def _run(cache_arg: str, out: str, env_dir: str | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env = _env_without_cache()
     if env_dir is not None:
         env["JAX_COMPILATION_CACHE_DIR"] = env_dir
     done = subprocess.run(
@@ -83,10 +88,9 @@ def test_a_bucket_url_is_passed_to_jax_as_given(tmp_path):
         "import jax; from rlhf_jax.compilation_cache import enable_compilation_cache; "
         "print(enable_compilation_cache('gs://bucket/cache'), jax.config.jax_compilation_cache_dir)"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     done = subprocess.run(
         [sys.executable, "-c", program],
-        env=env,
+        env=_env_without_cache(),
         cwd=tmp_path,
         capture_output=True,
         text=True,
