@@ -412,17 +412,17 @@ def test_compilation_cache_runs_repeat_the_default_run_and_the_readme_quotes_the
         name: json.loads((folder / name / "metrics.json").read_text())
         for name in ("default_cold", "default_warm", "smoke_cold", "smoke_warm")
     }
+    compiling = {name: sum(run["stages_compile_s"].values()) for name, run in runs.items()}
     for preset in ("default", "smoke"):
         cold, warm = runs[f"{preset}_cold"], runs[f"{preset}_warm"]
         assert cold["headline"]["preset"] == preset
         assert _without_timings(cold) == _without_timings(warm)
-        compiled = [sum(run["stages_compile_s"].values()) for run in (cold, warm)]
-        assert compiled[1] < compiled[0] / 3  # the second run loads what the first compiled
+        # The second run loads what the first compiled.
+        assert compiling[f"{preset}_warm"] < compiling[f"{preset}_cold"] / 3
     committed = json.loads((results / "instructgpt_default" / "metrics.json").read_text())
     _same_where_present(_without_timings(runs["default_cold"]), _without_timings(committed))
 
     readme = (folder / "README.md").read_text()
-    runs_of = ("cold", "warm")
     cold, warm = runs["default_cold"], runs["default_warm"]
     for stage, seconds in cold["stages_wall_s"].items():
         row = (
@@ -430,17 +430,16 @@ def test_compilation_cache_runs_repeat_the_default_run_and_the_readme_quotes_the
             f"{warm['stages_wall_s'][stage]:.1f} | {warm['stages_compile_s'][stage]:.1f} |"
         )
         assert row in readme, row
-    for preset in ("default", "smoke"):
-        totals = [
-            f"**{run['headline']['total_wall_s']:.1f}** | "
-            f"**{sum(run['stages_compile_s'].values()):.1f}**"
-            for run in (runs[f"{preset}_cold"], runs[f"{preset}_warm"])
-        ]
-        assert f"| **{preset} preset, total** | {totals[0]} | {totals[1]} |" in readme
     main_readme = " ".join((REPO / "README.md").read_text().split())
     for preset in ("default", "smoke"):
-        first, second = (sum(runs[f"{preset}_{k}"]["stages_compile_s"].values()) for k in runs_of)
-        assert f"{first:.1f} s then {second:.1f} s" in main_readme, preset
+        first, second = f"{preset}_cold", f"{preset}_warm"
+        totals = [
+            f"**{runs[name]['headline']['total_wall_s']:.1f}** | **{compiling[name]:.1f}**"
+            for name in (first, second)
+        ]
+        assert f"| **{preset} preset, total** | {totals[0]} | {totals[1]} |" in readme
+        quoted = f"{compiling[first]:.1f} s then {compiling[second]:.1f} s"
+        assert quoted in main_readme, preset
 
 
 def test_stage_time_table_adds_compile_seconds_only_for_runs_that_measured_them():
