@@ -135,6 +135,7 @@ def reward_config(config, workdir: str) -> ml_collections.ConfigDict:
         name="jsonl/world_rankings",
         jsonl_kind="comparisons",
         shared_prompt_row_len=config.rm.get("shared_prompt_row_len", 0),
+        comparisons_per_row=config.rm.get("comparisons_per_row", 1),
     )
     c.data.jsonl_files = ml_collections.ConfigDict(
         {s: os.path.join(workdir, "rank", f"{s}.jsonl") for s in ("train", "heldout")}

@@ -20,7 +20,7 @@ import numpy as np
 
 from experiments import common
 from rlhf_jax import losses
-from rlhf_jax.data import pipeline
+from rlhf_jax.data import packing, pipeline
 from rlhf_jax.models import ScalarModel, hf
 from rlhf_jax.training import export, reward, stats, steps
 from rlhf_jax.training import state as state_lib
@@ -48,7 +48,7 @@ def heldout_pairwise_accuracy(score_fn, params, batches, mesh) -> dict:
     for batch in batches:
         placed = pipeline.to_global_arrays(batch, mesh)
         scores_bk = np.asarray(common.to_host(score_fn(params, placed)))
-        prefers_bkk = batch["prefers_bkk"]
+        prefers_bkk = steps.comparison_prefers(batch)
         margin_bkk = scores_bk[:, :, None] - scores_bk[:, None, :]
         correct.extend(np.sum((margin_bkk > 0) & prefers_bkk, axis=(1, 2)).tolist())
         pairs.extend(np.sum(prefers_bkk, axis=(1, 2)).tolist())
@@ -79,12 +79,33 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     spec = common.sequence_spec(config.data)
     row_len = config.data.get("shared_prompt_row_len", 0)
-    if row_len:
+    per_row = config.data.get("comparisons_per_row", 1)
+    train_rows, eval_rows, packing_summary = train_source, eval_source, {}
+    if row_len and per_row > 1:
+        transform = pipeline.TokenizeComparisonRow(tokenizer, spec, row_len, per_row)
+        train_rows, eval_rows = (
+            packing.pack_comparisons(source, tokenizer, spec, row_len, per_row, config.seed)
+            for source in (train_source, eval_source)
+        )
+        packing_summary = {
+            "comparisons_per_row": train_rows.comparisons / len(train_rows),
+            "train_rows": len(train_rows),
+            "row_fill": train_rows.fill,
+        }
+        print(
+            f"Packed {train_rows.comparisons} comparisons into {len(train_rows)} rows of "
+            f"{row_len} tokens ({packing_summary['comparisons_per_row']:.2f} per row, "
+            f"{100 * train_rows.fill:.0f}% of the slots filled).",
+            flush=True,
+        )
+    elif row_len:
         transform = pipeline.TokenizeComparisonSharedPrompt(tokenizer, spec, row_len)
     else:
+        if per_row > 1:
+            raise ValueError("comparisons_per_row > 1 needs shared_prompt_row_len > 0.")
         transform = pipeline.TokenizeComparison(tokenizer, spec)
     train_dataset = pipeline.make_dataset(
-        train_source, transform, batch_size=config.train.batch_size, seed=config.seed
+        train_rows, transform, batch_size=config.train.batch_size, seed=config.seed
     )
     forward = steps.reward_forward(model, losses.LOSSES[config.loss])
     run_ = common.prepare_run(
@@ -96,7 +117,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_dataset=train_dataset,
     )
     mesh = run_.mesh
-    eval_data = common.eval_batches(eval_source, transform, config.train.batch_size, config.seed)
+    eval_data = common.eval_batches(eval_rows, transform, config.train.batch_size, config.seed)
     evaluate = common.make_evaluate(forward, run_.mesh, run_.param_shardings, eval_data)
 
     def tokens(batch):
@@ -111,6 +132,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "eval_loss": result.last_eval.get("loss"),
         "train_comparisons": len(train_source),
         "eval_comparisons": len(eval_source),
+        **packing_summary,
     }
     if not result.preempted:
         params = result.state.params

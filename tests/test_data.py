@@ -423,3 +423,104 @@ def test_packing_too_little_text_for_one_row_is_an_error(tokenizer):
 
     with pytest.raises(ValueError, match="fewer than one row of max_len=512"):
         packing.pack_documents([{"prompt": "", "response": "hi"}], tokenizer, 512, seed=0)
+
+
+def _comparisons(n, seed=0):
+    """n comparison records of 2-5 responses of varied lengths, with a ranking's pairs."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        k = int(rng.integers(2, 6))
+        responses = [" answer" + " number" * int(rng.integers(0, 6)) + f" {i}." for _ in range(k)]
+        out.append(
+            {
+                "id": f"c{i}",
+                "prompt": "Human: question" + f" {i}?" * int(rng.integers(1, 4)) + " Assistant:",
+                "responses": responses,
+                "pairs": [[a, a + 1] for a in range(k - 1)],
+            }
+        )
+    return out
+
+
+def test_pack_comparisons_keeps_every_comparison_once_in_rows_that_fit(tokenizer):
+    from rlhf_jax.data import packing
+
+    spec = pipeline.SequenceSpec(max_len=48, max_prompt_len=24, max_responses=5)
+    comparisons = _comparisons(200)
+    lengths = [
+        pipeline.shared_prompt_comparison(tokenizer, spec, 96, c).length for c in comparisons
+    ]
+    packed = packing.pack_comparisons(comparisons, tokenizer, spec, 96, per_row=4, seed=0)
+    flat = sorted(i for group in packed.groups for i in group)
+    assert flat == list(range(200)) and packed.comparisons == 200
+    assert all(1 <= len(g) <= 4 and sum(lengths[i] for i in g) <= 96 for g in packed.groups)
+    assert packed.tokens == sum(lengths)
+    # Best-fit decreasing fills over 90% of the slots; one comparison per row fills far less.
+    one_per_row_fill = sum(lengths) / (200 * 96)
+    assert packed.fill > 0.9 and packed.fill > one_per_row_fill + 0.3
+    assert packed[0] == [comparisons[i] for i in packed.groups[0]]
+    again = packing.pack_comparisons(comparisons, tokenizer, spec, 96, per_row=4, seed=0)
+    assert again.groups == packed.groups
+    one = packing.pack_comparisons(comparisons, tokenizer, spec, 96, per_row=1, seed=0)
+    assert len(one) == 200 and all(len(g) == 1 for g in one.groups)
+    with pytest.raises(ValueError, match="per_row"):
+        packing.pack_comparisons(comparisons, tokenizer, spec, 96, per_row=0, seed=0)
+    with pytest.raises(ValueError, match="No comparison"):
+        packing.pack_comparisons([], tokenizer, spec, 96, per_row=2, seed=0)
+
+
+def test_comparison_rows_hold_each_comparison_as_its_own_shared_prompt_row(tokenizer):
+    from rlhf_jax.data import packing
+
+    spec = pipeline.SequenceSpec(max_len=48, max_prompt_len=24, max_responses=5)
+    comparisons = _comparisons(40, seed=1)
+    packed = packing.pack_comparisons(comparisons, tokenizer, spec, 96, per_row=3, seed=0)
+    transform = pipeline.TokenizeComparisonRow(tokenizer, spec, row_len=96, per_row=3)
+    alone = pipeline.TokenizeComparisonSharedPrompt(tokenizer, spec, row_len=96)
+    for group, records_of_row in zip(packed.groups, packed, strict=True):
+        row = transform.map(records_of_row)
+        for slot, index in enumerate(group):
+            single = alone.map(comparisons[index])
+            here = row["documents_t"] == slot
+            n = int(single["mask_t"].sum())
+            start = int(np.argmax(here))
+            assert here.sum() == n and here[start : start + n].all()  # contiguous
+            for name in ("tokens_t", "positions_t", "segments_t"):
+                np.testing.assert_array_equal(row[name][here], single[name][:n])
+            valid = single["valid_k"]
+            np.testing.assert_array_equal(row["valid_ek"][slot], valid)
+            np.testing.assert_array_equal(
+                row["last_ek"][slot][valid], single["last_k"][valid] + start
+            )
+            np.testing.assert_array_equal(row["prefers_ekk"][slot], single["prefers_kk"])
+        empty = slice(len(group), 3)
+        assert not row["valid_ek"][empty].any() and not row["prefers_ekk"][empty].any()
+        np.testing.assert_array_equal(row["mask_t"], row["documents_t"] >= 0)
+    assert max(map(len, packed.groups)) > 1
+    with pytest.raises(ValueError, match="do not fit one row"):
+        transform.map(comparisons[:4])
+
+
+def test_comparison_rows_count_skipped_and_truncated_comparisons(tokenizer):
+    from rlhf_jax.data import packing
+
+    long = {
+        "prompt": "Human: question 1?",
+        "responses": [" answer number" * 9] * 3,
+        "pairs": [[0, 1]],
+    }
+    short = {"prompt": "Human: question 2?", "responses": [" answer 2.", " 2"], "pairs": [[1, 0]]}
+    for policy, truncated, skipped in (("truncate", 1, 0), ("skip", 0, 1)):
+        spec = pipeline.SequenceSpec(
+            max_len=48, max_prompt_len=24, max_responses=3, overlong=policy
+        )
+        packed = packing.pack_comparisons([long, short], tokenizer, spec, 32, per_row=2, seed=0)
+        transform = pipeline.TokenizeComparisonRow(tokenizer, spec, 32, 2)
+        rows = [transform.map(r) for r in packed]
+        assert sum(int(r["truncated"]) for r in rows) == truncated
+        assert sum(int(r["skipped"]) for r in rows) == skipped
+        assert sum(int(r["valid_ek"].any(axis=1).sum()) for r in rows) == 2 - skipped
+    strict = pipeline.SequenceSpec(max_len=48, max_prompt_len=24, max_responses=3, overlong="error")
+    with pytest.raises(records.RecordError, match="more than row_len=32"):
+        packing.pack_comparisons([short, long], tokenizer, strict, 32, per_row=2, seed=0)

@@ -18,7 +18,8 @@ from tests.hf_reference import reference_model
 
 
 @pytest.mark.slow
-def test_reward_experiment_runs_and_normalises(tmp_path):
+@pytest.mark.parametrize("layout", ["response_rows", "packed_rows"])
+def test_reward_experiment_runs_and_normalises(tmp_path, layout):
     rng = np.random.default_rng(0)
     rows = []
     for i in range(48):
@@ -48,9 +49,14 @@ def test_reward_experiment_runs_and_normalises(tmp_path):
     config.tokenizer.vocab_size = 300
     config.model.update(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, max_len=24)
     config.train.update(batch_size=8, num_steps=6, log_every=3, eval_every=3, checkpoint_every=3)
+    if layout == "packed_rows":  # several comparisons per row; batch_size then counts rows
+        config.data.update(shared_prompt_row_len=48, comparisons_per_row=4)
 
     summary = reward_experiment.run(config, str(tmp_path / "rm"))
     assert summary["step"] == 6 and summary["heldout_prompts"] == 8
+    if layout == "packed_rows":
+        assert summary["comparisons_per_row"] > 1.3 and summary["train_rows"] < 40 / 1.3
+        assert 0 < summary["row_fill"] <= 1
     # Every strict pair of the held-out prompts is counted once (ties give none).
     heldout = common.open_split(config.data, "train[40:]")
     assert summary["heldout_pairs"] == sum(len(heldout[i]["pairs"]) for i in range(8))

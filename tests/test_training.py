@@ -271,8 +271,9 @@ def test_sharded_steps_equal_single_device(kind):
 @pytest.mark.parametrize("family", ["gpt2", "llama", "mistral"])
 def test_shared_prompt_rows_score_and_train_exactly_like_one_response_per_row(family):
     """The prompt once, then every response (segment-masked, positions continued from the
-    prompt) gives the same rewards, loss and gradients as one padded row per response; with a
-    sliding window (Mistral) too, which must count positions, not row slots."""
+    prompt) gives the same rewards, loss and gradients as one padded row per response; so do
+    several such comparisons packed in one row; with a sliding window (Mistral) too, which must
+    count positions, not row slots."""
     from rlhf_jax.data import pipeline
     from rlhf_jax.data.tokenizer import train_bpe_tokenizer
 
@@ -326,6 +327,21 @@ def test_shared_prompt_rows_score_and_train_exactly_like_one_response_per_row(fa
     loss = lambda batch: forward(params, batch, None, True)[0]  # noqa: E731
     np.testing.assert_allclose(loss(packed), loss(rows), rtol=1e-5)
     chex.assert_trees_all_close(grad(packed), grad(rows), atol=1e-5)
+
+    # Both comparisons in one row (each attending only to itself), a third slot left empty.
+    both = pipeline.make_dataset(
+        [records],
+        pipeline.TokenizeComparisonRow(tokenizer, spec, row_len=80, per_row=3),
+        batch_size=1,
+        seed=0,
+        shuffle=False,
+    )[0]
+    assert both["tokens_bt"].shape == (1, 80) and set(both["documents_bt"][0]) == {-1, 0, 1}
+    got = steps.comparison_scores(model, params, both)
+    chex.assert_shape(got, (3, 4))
+    np.testing.assert_allclose(np.asarray(got)[:2][valid], np.asarray(expected)[valid], atol=1e-5)
+    np.testing.assert_allclose(loss(both), loss(rows), rtol=1e-5)
+    chex.assert_trees_all_close(grad(both), grad(rows), atol=1e-5)
 
 
 def test_shared_prompt_rows_cut_responses_to_one_length_skip_or_raise_when_they_do_not_fit():

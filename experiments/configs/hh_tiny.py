@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
             # the prompt once and then every response (pipeline.TokenizeComparisonSharedPrompt;
             # the same rewards for a fraction of the compute when responses are short).
             shared_prompt_row_len=0,
+            # > 1 (with shared_prompt_row_len): pack up to this many whole comparisons in each row
+            # (rlhf_jax.data.packing.pack_comparisons); train.batch_size then counts rows.
+            comparisons_per_row=1,
             jsonl_kind="",
             jsonl_files=ml_collections.ConfigDict(),
         )

@@ -105,6 +105,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
             learning_rate=3e-4,
             sft_size="small",
             shared_prompt_row_len=112,
+            # > 1: up to this many comparisons share a row (batch_size then counts rows).
+            comparisons_per_row=1,
         )
     )
     c.ppo = ml_collections.ConfigDict(

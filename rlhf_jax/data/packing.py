@@ -1,4 +1,5 @@
-"""Packing for language-model pretraining: documents end to end in full rows (GPT-2/3 style).
+"""Packing: pretraining documents end to end in full rows (GPT-2/3 style), and reward-model
+comparisons several to a row.
 
 Right-padding each document to `max_len` spends most of a step on padding when documents are
 short (the instruction world's pretraining documents average ~40 of 96 tokens). Packing instead
@@ -10,6 +11,13 @@ them), as in GPT-2/3 pretraining. The tail that does not fill a row is dropped.
 `PackedRows` is a random-access source of those rows and `RowToElement` turns one into the SFT
 element of `pipeline.TokenizeDemonstration`, so `pipeline.make_dataset` batches, shuffles and
 resumes them exactly as it does unpacked data.
+
+Reward-model comparisons are short too: in a shared-prompt row (the prompt once, then every
+response; `pipeline.TokenizeComparisonSharedPrompt`) the instruction world's comparisons fill ~43%
+of 112 tokens. `pack_comparisons` groups them, whole, several to a row by best-fit decreasing, and
+`pipeline.TokenizeComparisonRow` lays each group out with per-comparison attention
+(`documents_bt`), so every response scores exactly as in its own row while a step computes about
+half the row slots. A batch is then a number of rows, each holding one or more comparisons.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from rlhf_jax.data.pipeline import as_text
+from rlhf_jax.data.pipeline import SequenceSpec, as_text, shared_prompt_comparison
 from rlhf_jax.data.tokenizer import Tokenizer
 
 
@@ -85,3 +93,86 @@ class RowToElement(grain.transforms.Map):
             "truncated": np.int32(0),
             "skipped": np.int32(0),
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedComparisons:
+    """A random-access source of rows of comparison records: item i is the list of records of
+    row i (`groups[i]` holds their indices in `records`). `tokens` counts the tokens they take
+    (each prompt once), so `fill` = tokens / (rows x row_len)."""
+
+    records: Sequence[Mapping[str, Any]]
+    groups: tuple[tuple[int, ...], ...]
+    tokens: int
+    row_len: int
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> list[Mapping[str, Any]]:
+        return [self.records[i] for i in self.groups[index]]
+
+    @property
+    def comparisons(self) -> int:
+        return sum(map(len, self.groups))
+
+    @property
+    def fill(self) -> float:
+        return self.tokens / max(len(self.groups) * self.row_len, 1)
+
+
+def pack_comparisons(
+    records: Sequence[Mapping[str, Any]],
+    tokenizer: Tokenizer,
+    spec: SequenceSpec,
+    row_len: int,
+    per_row: int,
+    seed: int,
+) -> PackedComparisons:
+    """Groups comparison records into rows of `row_len` tokens, at most `per_row` to a row.
+
+    Each record's length is that of its shared-prompt layout after the cutting rules
+    (`pipeline.shared_prompt_comparison`; a skipped record takes a slot and no tokens). Best-fit
+    decreasing: longest first (ties in an order drawn from `seed`), each into the open row it
+    leaves least room in. On the instruction world's comparisons (~48 of 112 tokens) with
+    `per_row` = 4 it fills ~96% of the row slots, against ~43% one per row.
+
+    Raises:
+      ValueError: when `per_row` < 1 or `records` is empty.
+      RecordError: for a bad record, as `pipeline.TokenizeComparisonSharedPrompt` would.
+    """
+    if per_row < 1:
+        raise ValueError(f"per_row must be >= 1, got {per_row}.")
+    if len(records) == 0:
+        raise ValueError("No comparison records to pack.")
+    lengths = np.asarray(
+        [
+            shared_prompt_comparison(tokenizer, spec, row_len, records[i]).length
+            for i in range(len(records))
+        ],
+        np.int64,
+    )
+    order = np.random.default_rng([seed, 23]).permutation(len(records))
+    order = order[np.argsort(-lengths[order], kind="stable")]
+    members: list[list[int]] = []
+    room: list[int] = []
+    open_by_room: list[list[int]] = [[] for _ in range(row_len + 1)]  # row ids by free tokens
+    for index in order.tolist():
+        need = int(lengths[index])
+        fits = next((r for r in range(need, row_len + 1) if open_by_room[r]), None)
+        if fits is None:
+            row = len(members)
+            members.append([])
+            room.append(row_len)
+        else:
+            row = open_by_room[fits].pop()
+        members[row].append(index)
+        room[row] -= need
+        if len(members[row]) < per_row:
+            open_by_room[room[row]].append(row)
+    return PackedComparisons(
+        records=records,
+        groups=tuple(tuple(m) for m in members),
+        tokens=int(lengths.sum()),
+        row_len=row_len,
+    )

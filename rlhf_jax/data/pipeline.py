@@ -18,7 +18,9 @@ Batches are dicts of numpy arrays with a leading batch axis. SFT: `tokens_bt`, `
 `tokens_bkt`, `mask_bkt`, `prefers_bkk` ([b, i, j] = response i preferred to j), `valid_bk`,
 `truncated_b`, `skipped_b`; or, one row per comparison (`TokenizeComparisonSharedPrompt`),
 `tokens_bt`, `mask_bt`, `positions_bt`, `segments_bt`, `last_bk` with the same `prefers_bkk`,
-`valid_bk`, `truncated_b`, `skipped_b`.
+`valid_bk`, `truncated_b`, `skipped_b`; or, several comparisons per row (`TokenizeComparisonRow`),
+the same row arrays with `documents_bt`, and per slot e of a row `last_bek`, `prefers_bekk`,
+`valid_bek` (`truncated_b` and `skipped_b` then count each row's comparisons).
 """
 
 from __future__ import annotations
@@ -232,6 +234,98 @@ class TokenizeComparison(grain.transforms.Map):
 
 
 @dataclasses.dataclass(frozen=True)
+class SharedPromptComparison:
+    """One comparison cut to fit a shared-prompt row: `prompt_ids` (prefix + prompt), one id list
+    per response (each ending in EOS unless cut), the labelled (winner, loser) `pairs` [N, 2], and
+    whether it was cut (`truncated`) or is kept at weight 0 (`skipped`, then it takes no tokens)."""
+
+    prompt_ids: list[int]
+    response_ids: list[list[int]]
+    pairs: np.ndarray
+    truncated: bool
+    skipped: bool
+
+    @property
+    def length(self) -> int:
+        """Tokens the comparison takes in a row: prompt once plus every response (0 if skipped)."""
+        if self.skipped:
+            return 0
+        return len(self.prompt_ids) + sum(map(len, self.response_ids))
+
+
+def shared_prompt_comparison(
+    tokenizer: Tokenizer, spec: SequenceSpec, row_len: int, record: Mapping[str, Any]
+) -> SharedPromptComparison:
+    """Tokenizes a comparison record for a shared-prompt row of `row_len` tokens.
+
+    Prompt and responses are cut by the rules of the module docstring first. When they still do
+    not fit in `row_len`, "truncate" cuts every response at the right to one common length, the
+    longest that fits, "skip" keeps the element at weight 0 and "error" raises a RecordError.
+    """
+    record_id = as_text(record.get("id", "?"))
+    responses = [as_text(r) for r in record["responses"]]
+    if len(responses) > spec.max_responses:
+        raise RecordError(
+            f"record {record_id}: {len(responses)} responses but max_responses={spec.max_responses}"
+        )
+    prompt_ids, overlong = _prompt_ids(tokenizer, spec, as_text(record["prompt"]))
+    response_ids = []
+    for response in responses:
+        ids, cut = _response_ids(tokenizer, spec, response, len(prompt_ids))
+        response_ids.append(ids)
+        overlong |= cut
+    _check_overlong(spec, overlong, record_id)
+    room = row_len - len(prompt_ids)
+    if sum(map(len, response_ids)) > room:
+        overlong = True
+        if spec.overlong == "error":
+            raise RecordError(
+                f"record {record_id}: prompt and {len(responses)} responses need "
+                f"{len(prompt_ids) + sum(map(len, response_ids))} tokens, more than "
+                f"row_len={row_len}; raise it, or set overlong='truncate' or 'skip'"
+            )
+        cap = 0
+        while sum(min(len(r), cap + 1) for r in response_ids) <= room:
+            cap += 1
+        response_ids = [r[:cap] for r in response_ids]
+    # Skipped: by the policy, or when the row leaves no token for some response.
+    skipped = (overlong and spec.overlong == "skip") or not all(response_ids)
+    return SharedPromptComparison(
+        prompt_ids=prompt_ids,
+        response_ids=response_ids,
+        pairs=np.asarray(record["pairs"]).reshape(-1, 2),
+        truncated=overlong and spec.overlong == "truncate" and not skipped,
+        skipped=skipped,
+    )
+
+
+def _write_comparison(
+    row: dict[str, np.ndarray], start: int, comparison: SharedPromptComparison, slot: int | None
+) -> int:
+    """Writes a (not skipped) comparison into `row` from column `start`: tokens, segments (0 on
+    the prompt, k + 1 on response k), positions (each response continuing from the prompt's end),
+    `last_k` / `valid_k` / `prefers_kk` (at `slot` of the per-slot arrays when `slot` is given,
+    and then `documents_t` = slot). Returns the column after it."""
+    p = len(comparison.prompt_ids)
+    per = (lambda name: row[name][slot]) if slot is not None else (lambda name: row[name])
+    columns = slice(start, start + p)
+    row["tokens_t"][columns], row["segments_t"][columns] = comparison.prompt_ids, 0
+    row["positions_t"][columns] = np.arange(p)
+    end = start + p
+    for k, ids in enumerate(comparison.response_ids):
+        columns = slice(end, end + len(ids))
+        row["tokens_t"][columns], row["segments_t"][columns] = ids, k + 1
+        row["positions_t"][columns] = np.arange(p, p + len(ids))
+        end += len(ids)
+        per("last_k")[k], per("valid_k")[k] = end - 1, True
+    for winner, loser in comparison.pairs:
+        per("prefers_kk")[winner, loser] = True
+    if slot is not None:
+        row["documents_t"][start:end] = slot
+    return end
+
+
+@dataclasses.dataclass(frozen=True)
 class TokenizeComparisonSharedPrompt(grain.transforms.Map):
     """Comparison record -> one row holding the prompt once and then every response.
 
@@ -242,10 +336,8 @@ class TokenizeComparisonSharedPrompt(grain.transforms.Map):
     own `TokenizeComparison` row, for about (P + sum of response lengths) tokens instead of
     K x max_len. `last_k` is the index of response k's last token (its EOS) in the row.
 
-    Prompt and responses are cut by the rules of the module docstring first. When they still do
-    not fit in `row_len`, "truncate" cuts every response at the right to one common length, the
-    longest that fits (counted in `truncated`), "skip" keeps the element at weight 0 and "error"
-    raises a RecordError.
+    Cutting to fit `row_len`: `shared_prompt_comparison` (counted in `truncated`; "skip" keeps the
+    element at weight 0).
     """
 
     tokenizer: Tokenizer
@@ -253,63 +345,88 @@ class TokenizeComparisonSharedPrompt(grain.transforms.Map):
     row_len: int
 
     def map(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        record_id = as_text(record.get("id", "?"))
-        responses = [as_text(r) for r in record["responses"]]
-        k_max, length = self.spec.max_responses, self.row_len
-        if len(responses) > k_max:
-            raise RecordError(
-                f"record {record_id}: {len(responses)} responses but max_responses={k_max}"
-            )
-        prompt_ids, overlong = _prompt_ids(self.tokenizer, self.spec, as_text(record["prompt"]))
-        response_ids = []
-        for response in responses:
-            ids, cut = _response_ids(self.tokenizer, self.spec, response, len(prompt_ids))
-            response_ids.append(ids)
-            overlong |= cut
-        _check_overlong(self.spec, overlong, record_id)
-        room = length - len(prompt_ids)
-        if sum(map(len, response_ids)) > room:
-            overlong = True
-            if self.spec.overlong == "error":
-                raise RecordError(
-                    f"record {record_id}: prompt and {len(responses)} responses need "
-                    f"{len(prompt_ids) + sum(map(len, response_ids))} tokens, more than "
-                    f"row_len={length}; raise it, or set overlong='truncate' or 'skip'"
-                )
-            cap = 0
-            while sum(min(len(r), cap + 1) for r in response_ids) <= room:
-                cap += 1
-            response_ids = [r[:cap] for r in response_ids]
-        # Skipped: by the policy, or when the row leaves no token for some response.
-        skipped = (overlong and self.spec.overlong == "skip") or not all(response_ids)
-        tokens = np.full(length, self.tokenizer.pad_id, np.int32)
-        segments = np.full(length, -1, np.int32)
-        positions = np.zeros(length, np.int32)
-        last = np.zeros(k_max, np.int32)
-        valid = np.zeros(k_max, bool)
-        prefers = np.zeros((k_max, k_max), bool)
-        if not skipped:
-            p = len(prompt_ids)
-            tokens[:p], segments[:p], positions[:p] = prompt_ids, 0, np.arange(p)
-            start = p
-            for k, ids in enumerate(response_ids):
-                end = start + len(ids)
-                tokens[start:end], segments[start:end] = ids, k + 1
-                positions[start:end] = np.arange(p, p + len(ids))
-                last[k], valid[k] = end - 1, True
-                start = end
-            for winner, loser in np.asarray(record["pairs"]).reshape(-1, 2):
-                prefers[winner, loser] = True
+        comparison = shared_prompt_comparison(self.tokenizer, self.spec, self.row_len, record)
+        k_max = self.spec.max_responses
+        row = {
+            "tokens_t": np.full(self.row_len, self.tokenizer.pad_id, np.int32),
+            "positions_t": np.zeros(self.row_len, np.int32),
+            "segments_t": np.full(self.row_len, -1, np.int32),
+            "last_k": np.zeros(k_max, np.int32),
+            "valid_k": np.zeros(k_max, bool),
+            "prefers_kk": np.zeros((k_max, k_max), bool),
+        }
+        if not comparison.skipped:
+            _write_comparison(row, 0, comparison, slot=None)
         return {
-            "tokens_t": tokens,
-            "mask_t": segments >= 0,
-            "positions_t": positions,
-            "segments_t": segments,
-            "last_k": last,
-            "prefers_kk": prefers,
-            "valid_k": valid,
-            "truncated": np.int32(overlong and self.spec.overlong == "truncate" and not skipped),
-            "skipped": np.int32(skipped),
+            "tokens_t": row["tokens_t"],
+            "mask_t": row["segments_t"] >= 0,
+            "positions_t": row["positions_t"],
+            "segments_t": row["segments_t"],
+            "last_k": row["last_k"],
+            "prefers_kk": row["prefers_kk"],
+            "valid_k": row["valid_k"],
+            "truncated": np.int32(comparison.truncated),
+            "skipped": np.int32(comparison.skipped),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeComparisonRow(grain.transforms.Map):
+    """A group of up to `per_row` comparison records (`packing.pack_comparisons`) -> one row
+    holding each of them in the layout of `TokenizeComparisonSharedPrompt`, one after another.
+
+    `documents_t` is comparison e's slot index e on its tokens (-1 on padding), so a token attends
+    only within its own comparison (`Decoder`'s `documents_bt`), and positions restart at each
+    comparison: every response scores as in its own row. Per-slot arrays: `last_ek`, `valid_ek`,
+    `prefers_ekk` (all False on empty slots, which then weigh nothing in the loss); `truncated`
+    and `skipped` count the row's comparisons.
+
+    Raises:
+      ValueError: when the group holds more than `per_row` comparisons or needs more than
+        `row_len` tokens (the packer's mistake, never the data's).
+    """
+
+    tokenizer: Tokenizer
+    spec: SequenceSpec
+    row_len: int
+    per_row: int
+
+    def map(self, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        k_max = self.spec.max_responses
+        comparisons = [
+            shared_prompt_comparison(self.tokenizer, self.spec, self.row_len, record)
+            for record in records
+        ]
+        needed = sum(c.length for c in comparisons)
+        if len(comparisons) > self.per_row or needed > self.row_len:
+            raise ValueError(
+                f"{len(comparisons)} comparisons of {needed} tokens do not fit one row of "
+                f"{self.per_row} comparisons and row_len={self.row_len}."
+            )
+        row = {
+            "tokens_t": np.full(self.row_len, self.tokenizer.pad_id, np.int32),
+            "positions_t": np.zeros(self.row_len, np.int32),
+            "segments_t": np.full(self.row_len, -1, np.int32),
+            "documents_t": np.full(self.row_len, -1, np.int32),
+            "last_k": np.zeros((self.per_row, k_max), np.int32),
+            "valid_k": np.zeros((self.per_row, k_max), bool),
+            "prefers_kk": np.zeros((self.per_row, k_max, k_max), bool),
+        }
+        start = 0
+        for slot, comparison in enumerate(comparisons):
+            if not comparison.skipped:
+                start = _write_comparison(row, start, comparison, slot)
+        return {
+            "tokens_t": row["tokens_t"],
+            "mask_t": row["segments_t"] >= 0,
+            "positions_t": row["positions_t"],
+            "segments_t": row["segments_t"],
+            "documents_t": row["documents_t"],
+            "last_ek": row["last_k"],
+            "prefers_ekk": row["prefers_kk"],
+            "valid_ek": row["valid_k"],
+            "truncated": np.int32(sum(c.truncated for c in comparisons)),
+            "skipped": np.int32(sum(c.skipped for c in comparisons)),
         }
 
 

@@ -97,11 +97,19 @@ class ScalarModel(nn.Module):
         cache: KVCache | None = None,
         deterministic: bool = True,
         segments_bt: jax.Array | None = None,
+        documents_bt: jax.Array | None = None,
     ) -> ScalarOutput:
-        """See `Decoder.__call__` for the arguments (segments_bt: responses sharing a prompt)."""
+        """See `Decoder.__call__` for the arguments (segments_bt: responses sharing a prompt;
+        documents_bt: several such comparisons packed in one row)."""
         cfg = self.config
         out = Decoder(cfg, name="decoder")(
-            tokens_bt, attention_mask_bt, positions_bt, cache, deterministic, segments_bt
+            tokens_bt,
+            attention_mask_bt,
+            positions_bt,
+            cache,
+            deterministic,
+            segments_bt,
+            documents_bt,
         )
         scores_bt = _scalar_score(cfg, "head", out.hidden_btd)
         return ScalarOutput(scores_bt=scores_bt, hidden_btd=out.hidden_btd, cache=out.cache)

@@ -338,6 +338,7 @@ class Decoder(nn.Module):
         cache: KVCache | None = None,
         deterministic: bool = True,
         segments_bt: jax.Array | None = None,
+        documents_bt: jax.Array | None = None,
     ) -> DecoderOutput:
         """Runs the decoder over T new tokens, optionally appending them to a KV cache.
 
@@ -352,6 +353,9 @@ class Decoder(nn.Module):
             prefix and to earlier tokens of segment k, so each segment computes what it would
             after the prefix alone (give `positions_bt` to match: the prefix's, then each
             segment's continuing from the prefix's end).
+          documents_bt: int [B, T] or None (no cache). Independent documents packed in one row: a
+            token attends only to tokens of its own document (give `positions_bt` restarting at
+            each document; with `segments_bt`, each document has its own prefix, segment 0).
 
         Returns:
           DecoderOutput with hidden states [B, T, E] and the updated cache.
@@ -390,6 +394,10 @@ class Decoder(nn.Module):
             if cfg.sliding_window is not None:  # the window counts positions, not row slots
                 distance_bts = positions_bt[:, :, None] - positions_bt[:, None, :]
                 allowed_bts &= distance_bts < cfg.sliding_window
+        if documents_bt is not None:
+            if cache is not None:
+                raise ValueError("documents_bt is for full sequences, not decoding with a cache.")
+            allowed_bts &= documents_bt[:, :, None] == documents_bt[:, None, :]
         # A padding query would otherwise have no key to attend to (an all-masked softmax row);
         # letting every query see its own slot keeps it finite and changes no real token.
         allowed_bts |= (query_idx_t[:, None] == key_idx_s[None, :])[None]

@@ -107,6 +107,42 @@ def shared_prompt_reward_scores(
     return scores_bk.astype(jnp.float32)
 
 
+def packed_reward_scores(
+    model: nn.Module,
+    params: Any,
+    batch: Batch,
+    *,
+    deterministic: bool = True,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """float32 [B * E, K]: reward of every response of `pipeline.TokenizeComparisonRow` rows,
+    comparison slot e of row b at index b * E + e (empty slots score garbage and have no pairs).
+    Each comparison attends only to itself (`documents_bt`), so this equals
+    `shared_prompt_reward_scores` on the same comparisons one per row."""
+    out = model.apply(
+        params,
+        batch["tokens_bt"],
+        batch["mask_bt"],
+        batch["positions_bt"],
+        deterministic=deterministic,
+        segments_bt=batch["segments_bt"],
+        documents_bt=batch["documents_bt"],
+        rngs=_dropout_rngs(rng, deterministic),
+    )
+    b, e, k = batch["last_bek"].shape
+    scores = jnp.take_along_axis(out.scores_bt, batch["last_bek"].reshape(b, e * k), axis=1)
+    return scores.reshape(b * e, k).astype(jnp.float32)
+
+
+def comparison_prefers(batch: Batch) -> Any:
+    """bool [N, K, K] preferences in the order of `comparison_scores` (N = B, or B * E for rows
+    of several comparisons); numpy in, numpy out."""
+    if "prefers_bekk" in batch:
+        prefers = batch["prefers_bekk"]
+        return prefers.reshape(-1, *prefers.shape[2:])
+    return batch["prefers_bkk"]
+
+
 def comparison_scores(
     model: nn.Module,
     params: Any,
@@ -115,9 +151,12 @@ def comparison_scores(
     deterministic: bool = True,
     rng: jax.Array | None = None,
 ) -> jax.Array:
-    """float32 [B, K] rewards of a comparison batch in either layout: one response per row
-    (`tokens_bkt`, `mask_bkt`; `reward_scores`) or shared-prompt rows (`segments_bt`;
-    `shared_prompt_reward_scores`)."""
+    """float32 [N, K] rewards of a comparison batch in any layout: one response per row
+    (`tokens_bkt`, `mask_bkt`; `reward_scores`), shared-prompt rows (`segments_bt`;
+    `shared_prompt_reward_scores`) or several comparisons per row (`documents_bt`;
+    `packed_reward_scores`, N = B * E). `comparison_prefers` gives the matching preferences."""
+    if "documents_bt" in batch:
+        return packed_reward_scores(model, params, batch, deterministic=deterministic, rng=rng)
     if "segments_bt" in batch:
         return shared_prompt_reward_scores(
             model, params, batch, deterministic=deterministic, rng=rng
@@ -135,8 +174,7 @@ def comparison_scores(
 def reward_forward(
     model: nn.Module, loss_fn: losses_lib.LossFn = losses_lib.ranking_loss
 ) -> Forward:
-    """Forward for a ScalarModel on comparison batches: one response per row (`tokens_bkt`,
-    `mask_bkt`, `prefers_bkk`) or the shared-prompt rows of `shared_prompt_reward_scores`.
+    """Forward for a ScalarModel on comparison batches in any layout of `comparison_scores`.
 
     The head's bias is held fixed (stop_gradient): a ranking loss sees only reward differences, so
     the bias has zero true gradient, and Adam would turn float round-off in it into drift. It is
@@ -149,7 +187,7 @@ def reward_forward(
             head = {**head, "bias": jax.lax.stop_gradient(head["bias"])}
             params = {**params, "params": {**params["params"], "head": head}}
         scores_bk = comparison_scores(model, params, batch, deterministic=deterministic, rng=rng)
-        return loss_fn(scores_bk=scores_bk, prefers_bkk=batch["prefers_bkk"])
+        return loss_fn(scores_bk=scores_bk, prefers_bkk=comparison_prefers(batch))
 
     return forward
 
