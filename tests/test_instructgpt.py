@@ -419,7 +419,10 @@ def test_compilation_cache_runs_repeat_the_default_run_and_the_readme_quotes_the
         assert _without_timings(cold) == _without_timings(warm)
         # The second run loads what the first compiled.
         assert compiling[f"{preset}_warm"] < compiling[f"{preset}_cold"] / 3
-    committed = json.loads((results / "instructgpt_default" / "metrics.json").read_text())
+    # They were made at the preset of commit 4e1b968 (one comparison per RM row), whose committed
+    # default run was moved to the ablations when the preset began to pack the RM's rows.
+    before = results / "instructgpt_ablations" / "default_one_comparison_per_row"
+    committed = json.loads((before / "metrics.json").read_text())
     _same_where_present(_without_timings(runs["default_cold"]), _without_timings(committed))
 
     readme = (folder / "README.md").read_text()
@@ -443,8 +446,9 @@ def test_compilation_cache_runs_repeat_the_default_run_and_the_readme_quotes_the
 
 
 def test_stage_time_table_adds_compile_seconds_only_for_runs_that_measured_them():
+    ablations = REPO / "experiments" / "results" / "instructgpt_ablations"
     committed = json.loads(
-        (REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json").read_text()
+        (ablations / "default_one_comparison_per_row" / "metrics.json").read_text()
     )
     assert "stages_compile_s" not in committed  # measured before compile times were
     old = instructgpt_report._stage_time_table(committed)
@@ -515,3 +519,60 @@ def test_compare_prints_runs_side_by_side_and_plots_them(tmp_path, capsys):
         assert image.size[0] > 400 and image.size[1] > 200
     with pytest.raises(SystemExit):
         instructgpt_report.main([f"--compare={out}", f"{results}/instructgpt_default/metrics.json"])
+
+
+def test_packed_rm_rows_figures_in_the_readme_are_the_saved_runs():
+    """experiments/results/instructgpt_ablations/rm_packed_rows: the RM stage of the default job
+    run in two pairs, one comparison per row and packed, on the same ranked data; the README
+    quotes them."""
+    folder = REPO / "experiments" / "results" / "instructgpt_ablations" / "rm_packed_rows"
+    runs = {
+        name: json.loads((folder / f"{name}.json").read_text())
+        for name in ("one_per_row_1", "packed_1", "one_per_row_2", "packed_2")
+    }
+    for pair in ("1", "2"):
+        one, packed = runs[f"one_per_row_{pair}"], runs[f"packed_{pair}"]
+        for key in ("train_comparisons", "eval_comparisons", "heldout_pairs", "step"):
+            assert one[key] == packed[key], key
+        assert "row_fill" not in one and packed["train_rows"] < one["train_comparisons"] / 2
+        # Each layout gives the same model every time; only the wall times differ.
+        for key in ("train_loss", "heldout_pairwise_accuracy"):
+            assert one[key] == runs["one_per_row_1"][key]
+            assert packed[key] == runs["packed_1"][key]
+    one, packed = runs["one_per_row_1"], runs["packed_1"]
+    one_per_row_fill = packed["row_fill"] * packed["train_rows"] / packed["train_comparisons"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    quoted = [
+        f"its {packed['train_comparisons']:,} training comparisons fill "
+        f"{packed['train_rows']:,} rows ({packed['comparisons_per_row']:.2f} per row, "
+        f"{100 * packed['row_fill']:.0f}% of the slots holding a token, against "
+        f"{100 * one_per_row_fill:.0f}% one per row)",
+        f"reach {100 * packed['heldout_pairwise_accuracy']:.1f}% held-out accuracy against "
+        f"{100 * one['heldout_pairwise_accuracy']:.1f}%",
+        f"in an RM stage of {runs['packed_1']['wall_s']:.1f} s and "
+        f"{runs['packed_2']['wall_s']:.1f} s against {runs['one_per_row_1']['wall_s']:.1f} s and "
+        f"{runs['one_per_row_2']['wall_s']:.1f} s",
+    ]
+    for text in quoted:
+        assert text in readme, text
+    table = (folder.parent / "README.md").read_text()
+    for pair, label in (("1", "first pair (of which XLA compiling)"), ("2", "second pair")):
+        one, packed = runs[f"one_per_row_{pair}"], runs[f"packed_{pair}"]
+        row = (
+            f"{one['wall_s']:.1f} s ({one['compile_s']:.1f}) | "
+            f"{packed['wall_s']:.1f} s ({packed['compile_s']:.1f}) |"
+        )
+        assert f"| RM stage, {label}" in table and row in table, row
+
+
+def test_readme_quotes_the_committed_default_run():
+    """The README's main-job table is `instructgpt_report`'s table of the committed default run,
+    and its wall time and RM accuracy are that run's."""
+    metrics = json.loads(
+        (REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json").read_text()
+    )
+    readme = (REPO / "README.md").read_text()
+    assert instructgpt_report.summary_table(metrics) in readme
+    flat = " ".join(readme.split())
+    assert f"**{metrics['headline']['total_wall_s']:.0f} s in all**" in flat
+    assert f"**{100 * metrics['headline']['rm_heldout_accuracy']:.1f}%**" in flat
