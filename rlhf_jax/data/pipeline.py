@@ -299,30 +299,43 @@ def shared_prompt_comparison(
     )
 
 
-def _write_comparison(
-    row: dict[str, np.ndarray], start: int, comparison: SharedPromptComparison, slot: int | None
-) -> int:
-    """Writes a (not skipped) comparison into `row` from column `start`: tokens, segments (0 on
-    the prompt, k + 1 on response k), positions (each response continuing from the prompt's end),
-    `last_k` / `valid_k` / `prefers_kk` (at `slot` of the per-slot arrays when `slot` is given,
-    and then `documents_t` = slot). Returns the column after it."""
-    p = len(comparison.prompt_ids)
-    per = (lambda name: row[name][slot]) if slot is not None else (lambda name: row[name])
-    columns = slice(start, start + p)
-    row["tokens_t"][columns], row["segments_t"][columns] = comparison.prompt_ids, 0
-    row["positions_t"][columns] = np.arange(p)
-    end = start + p
-    for k, ids in enumerate(comparison.response_ids):
-        columns = slice(end, end + len(ids))
-        row["tokens_t"][columns], row["segments_t"][columns] = ids, k + 1
-        row["positions_t"][columns] = np.arange(p, p + len(ids))
-        end += len(ids)
-        per("last_k")[k], per("valid_k")[k] = end - 1, True
-    for winner, loser in comparison.pairs:
-        per("prefers_kk")[winner, loser] = True
-    if slot is not None:
+def _comparison_row(
+    comparisons: Sequence[SharedPromptComparison], row_len: int, slots: int, k_max: int, pad_id: int
+) -> dict[str, np.ndarray]:
+    """Lays comparisons out one after another in a row of `row_len` tokens: tokens, segments (0
+    on a prompt, k + 1 on response k, -1 on padding), positions (restarting at each comparison,
+    each response continuing from its prompt's end) and documents (slot e on comparison e's
+    tokens, -1 on padding); per slot, `last_ek` (response k's last token), `valid_ek` and
+    `prefers_ekk`. A skipped comparison keeps its slot empty."""
+    row = {
+        "tokens_t": np.full(row_len, pad_id, np.int32),
+        "positions_t": np.zeros(row_len, np.int32),
+        "segments_t": np.full(row_len, -1, np.int32),
+        "documents_t": np.full(row_len, -1, np.int32),
+        "last_ek": np.zeros((slots, k_max), np.int32),
+        "valid_ek": np.zeros((slots, k_max), bool),
+        "prefers_ekk": np.zeros((slots, k_max, k_max), bool),
+    }
+    end = 0
+    for slot, comparison in enumerate(comparisons):
+        if comparison.skipped:
+            continue
+        start, p = end, len(comparison.prompt_ids)
+        row["tokens_t"][start : start + p] = comparison.prompt_ids
+        row["segments_t"][start : start + p] = 0
+        row["positions_t"][start : start + p] = np.arange(p)
+        end = start + p
+        for k, ids in enumerate(comparison.response_ids):
+            columns = slice(end, end + len(ids))
+            row["tokens_t"][columns], row["segments_t"][columns] = ids, k + 1
+            row["positions_t"][columns] = np.arange(p, p + len(ids))
+            end += len(ids)
+            row["last_ek"][slot, k], row["valid_ek"][slot, k] = end - 1, True
+        for winner, loser in comparison.pairs:
+            row["prefers_ekk"][slot, winner, loser] = True
         row["documents_t"][start:end] = slot
-    return end
+    row["mask_t"] = row["segments_t"] >= 0
+    return row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,25 +359,17 @@ class TokenizeComparisonSharedPrompt(grain.transforms.Map):
 
     def map(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
         comparison = shared_prompt_comparison(self.tokenizer, self.spec, self.row_len, record)
-        k_max = self.spec.max_responses
-        row = {
-            "tokens_t": np.full(self.row_len, self.tokenizer.pad_id, np.int32),
-            "positions_t": np.zeros(self.row_len, np.int32),
-            "segments_t": np.full(self.row_len, -1, np.int32),
-            "last_k": np.zeros(k_max, np.int32),
-            "valid_k": np.zeros(k_max, bool),
-            "prefers_kk": np.zeros((k_max, k_max), bool),
-        }
-        if not comparison.skipped:
-            _write_comparison(row, 0, comparison, slot=None)
+        row = _comparison_row(
+            [comparison], self.row_len, 1, self.spec.max_responses, self.tokenizer.pad_id
+        )
         return {
             "tokens_t": row["tokens_t"],
-            "mask_t": row["segments_t"] >= 0,
+            "mask_t": row["mask_t"],
             "positions_t": row["positions_t"],
             "segments_t": row["segments_t"],
-            "last_k": row["last_k"],
-            "prefers_kk": row["prefers_kk"],
-            "valid_k": row["valid_k"],
+            "last_k": row["last_ek"][0],
+            "prefers_kk": row["prefers_ekk"][0],
+            "valid_k": row["valid_ek"][0],
             "truncated": np.int32(comparison.truncated),
             "skipped": np.int32(comparison.skipped),
         }
@@ -403,28 +408,9 @@ class TokenizeComparisonRow(grain.transforms.Map):
                 f"{len(comparisons)} comparisons of {needed} tokens do not fit one row of "
                 f"{self.per_row} comparisons and row_len={self.row_len}."
             )
-        row = {
-            "tokens_t": np.full(self.row_len, self.tokenizer.pad_id, np.int32),
-            "positions_t": np.zeros(self.row_len, np.int32),
-            "segments_t": np.full(self.row_len, -1, np.int32),
-            "documents_t": np.full(self.row_len, -1, np.int32),
-            "last_k": np.zeros((self.per_row, k_max), np.int32),
-            "valid_k": np.zeros((self.per_row, k_max), bool),
-            "prefers_kk": np.zeros((self.per_row, k_max, k_max), bool),
-        }
-        start = 0
-        for slot, comparison in enumerate(comparisons):
-            if not comparison.skipped:
-                start = _write_comparison(row, start, comparison, slot)
+        row = _comparison_row(comparisons, self.row_len, self.per_row, k_max, self.tokenizer.pad_id)
         return {
-            "tokens_t": row["tokens_t"],
-            "mask_t": row["segments_t"] >= 0,
-            "positions_t": row["positions_t"],
-            "segments_t": row["segments_t"],
-            "documents_t": row["documents_t"],
-            "last_ek": row["last_k"],
-            "prefers_ekk": row["prefers_kk"],
-            "valid_ek": row["valid_k"],
+            **row,
             "truncated": np.int32(sum(c.truncated for c in comparisons)),
             "skipped": np.int32(sum(c.skipped for c in comparisons)),
         }

@@ -90,10 +90,12 @@ def shared_prompt_reward_scores(
     deterministic: bool = True,
     rng: jax.Array | None = None,
 ) -> jax.Array:
-    """float32 [B, K]: reward of every response of `pipeline.TokenizeComparisonSharedPrompt`
-    rows (`tokens_bt`, `mask_bt`, `positions_bt`, `segments_bt`, `last_bk`): one row per prompt
-    holds the prompt once and all its responses; each reward is the head at response k's EOS.
-    Equal to `reward_scores` on the same comparisons laid out one response per row."""
+    """float32 [N, K]: reward of every response in shared-prompt rows, the head at response k's
+    EOS. Either one comparison per row (`pipeline.TokenizeComparisonSharedPrompt`: `tokens_bt`,
+    `mask_bt`, `positions_bt`, `segments_bt`, `last_bk`; N = B), or up to E per row
+    (`pipeline.TokenizeComparisonRow`: the same with `documents_bt` and `last_bek`; slot e of row
+    b at index b * E + e, N = B * E; empty slots score garbage and have no pairs). Equal to
+    `reward_scores` on the same comparisons laid out one response per row."""
     out = model.apply(
         params,
         batch["tokens_bt"],
@@ -101,36 +103,12 @@ def shared_prompt_reward_scores(
         batch["positions_bt"],
         deterministic=deterministic,
         segments_bt=batch["segments_bt"],
+        documents_bt=batch.get("documents_bt"),
         rngs=_dropout_rngs(rng, deterministic),
     )
-    scores_bk = jnp.take_along_axis(out.scores_bt, batch["last_bk"], axis=1)
-    return scores_bk.astype(jnp.float32)
-
-
-def packed_reward_scores(
-    model: nn.Module,
-    params: Any,
-    batch: Batch,
-    *,
-    deterministic: bool = True,
-    rng: jax.Array | None = None,
-) -> jax.Array:
-    """float32 [B * E, K]: reward of every response of `pipeline.TokenizeComparisonRow` rows,
-    comparison slot e of row b at index b * E + e (empty slots score garbage and have no pairs).
-    Each comparison attends only to itself (`documents_bt`), so this equals
-    `shared_prompt_reward_scores` on the same comparisons one per row."""
-    out = model.apply(
-        params,
-        batch["tokens_bt"],
-        batch["mask_bt"],
-        batch["positions_bt"],
-        deterministic=deterministic,
-        segments_bt=batch["segments_bt"],
-        documents_bt=batch["documents_bt"],
-        rngs=_dropout_rngs(rng, deterministic),
-    )
-    b, e, k = batch["last_bek"].shape
-    scores = jnp.take_along_axis(out.scores_bt, batch["last_bek"].reshape(b, e * k), axis=1)
+    last = batch["last_bek"] if "last_bek" in batch else batch["last_bk"][:, None]
+    b, e, k = last.shape
+    scores = jnp.take_along_axis(out.scores_bt, last.reshape(b, e * k), axis=1)
     return scores.reshape(b * e, k).astype(jnp.float32)
 
 
@@ -152,11 +130,9 @@ def comparison_scores(
     rng: jax.Array | None = None,
 ) -> jax.Array:
     """float32 [N, K] rewards of a comparison batch in any layout: one response per row
-    (`tokens_bkt`, `mask_bkt`; `reward_scores`), shared-prompt rows (`segments_bt`;
-    `shared_prompt_reward_scores`) or several comparisons per row (`documents_bt`;
-    `packed_reward_scores`, N = B * E). `comparison_prefers` gives the matching preferences."""
-    if "documents_bt" in batch:
-        return packed_reward_scores(model, params, batch, deterministic=deterministic, rng=rng)
+    (`tokens_bkt`, `mask_bkt`; `reward_scores`) or shared-prompt rows, one or several
+    comparisons per row (`segments_bt`; `shared_prompt_reward_scores`). `comparison_prefers` gives
+    the matching preferences."""
     if "segments_bt" in batch:
         return shared_prompt_reward_scores(
             model, params, batch, deterministic=deterministic, rng=rng
