@@ -8,6 +8,11 @@ from-scratch decoder. Each response of a prompt is scored once per step. After t
 bias is shifted so that the reference responses score mean 0, and the held-out pairwise accuracy
 is reported with two 95% intervals: Wilson over pairs, and a bootstrap over prompts (pairs of one
 prompt are not independent when K > 2).
+
+Layouts (all score every response exactly alike): one padded row per response (default); with
+data.shared_prompt_row_len=L, one row of L tokens per comparison, the prompt once and then every
+response; with data.comparisons_per_row=N as well, up to N whole comparisons per row (packed
+best-fit; train.batch_size then counts rows).
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     spec = common.sequence_spec(config.data)
     row_len = config.data.get("shared_prompt_row_len", 0)
     per_row = config.data.get("comparisons_per_row", 1)
+    if per_row < 1:
+        raise ValueError(f"data.comparisons_per_row must be >= 1, got {per_row}.")
     train_rows, eval_rows, packing_summary = train_source, eval_source, {}
     if row_len and per_row > 1:
         transform = pipeline.TokenizeComparisonRow(tokenizer, spec, row_len, per_row)

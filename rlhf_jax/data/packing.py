@@ -28,6 +28,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from tqdm.auto import tqdm
 
 from rlhf_jax.data.pipeline import SequenceSpec, as_text, shared_prompt_comparison
 from rlhf_jax.data.tokenizer import Tokenizer
@@ -145,11 +146,15 @@ def pack_comparisons(
         raise ValueError(f"per_row must be >= 1, got {per_row}.")
     if len(records) == 0:
         raise ValueError("No comparison records to pack.")
+    measuring = tqdm(
+        range(len(records)),
+        desc="packing comparisons",
+        unit="comparison",
+        disable=len(records) < 20_000,  # a bar only where it takes more than a few seconds
+        leave=False,
+    )
     lengths = np.asarray(
-        [
-            shared_prompt_comparison(tokenizer, spec, row_len, records[i]).length
-            for i in range(len(records))
-        ],
+        [shared_prompt_comparison(tokenizer, spec, row_len, records[i]).length for i in measuring],
         np.int64,
     )
     order = np.random.default_rng([seed, 23]).permutation(len(records))
