@@ -46,6 +46,41 @@ def rm_batch(seed=0, batch=8, k=4):
     return {"tokens_bkt": tokens, "mask_bkt": mask, "prefers_bkk": prefers, "valid_bk": valid}
 
 
+class _NumberTokenizer:
+    """Text of space-separated ids -> those ids (what the comparison layouts need of one)."""
+
+    prefix_ids, eos_id, pad_id = (1,), 2, 0
+
+    def encode(self, text):
+        return [int(word) for word in text.split()]
+
+
+def rm_packed_batches(count=3, rows=8, row_len=2 * T):
+    """`count` batches of `rows` rows, each packing whole comparisons (`TokenizeComparisonRow`)."""
+    from rlhf_jax.data import packing, pipeline
+
+    rng = np.random.default_rng(7)
+    records = []
+    for _ in range(count * rows * 3):
+        k = int(rng.integers(2, 5))
+        words = lambda n: " ".join(map(str, rng.integers(3, V, n)))  # noqa: E731
+        records.append(
+            {
+                "prompt": words(int(rng.integers(2, 5))),
+                "responses": [words(int(rng.integers(1, 4))) for _ in range(k)],
+                "pairs": [[i, j] for i in range(k) for j in range(i + 1, k) if rng.random() < 0.8],
+            }
+        )
+    tokenizer = _NumberTokenizer()
+    spec = pipeline.SequenceSpec(max_len=T, max_prompt_len=6, max_responses=4)
+    packed = packing.pack_comparisons(records, tokenizer, spec, row_len, per_row=3, seed=0)
+    transform = pipeline.TokenizeComparisonRow(tokenizer, spec, row_len, per_row=3)
+    dataset = pipeline.make_dataset(packed, transform, batch_size=rows, seed=0)
+    batches = [dataset[i] for i in range(count)]
+    assert all(b["valid_bek"].any(axis=2).sum() > rows for b in batches)  # > 1 per row
+    return batches
+
+
 def make_sft(config=None, grad_accum=1, loss_fn=losses.sft_loss):
     model = CausalLM(config or tiny_config())
     params, specs = state_lib.init_variables(model, T, seed=0)
@@ -231,7 +266,7 @@ def _run_steps(make, batches, mesh):
     return jax.device_get(state), history
 
 
-@pytest.mark.parametrize("kind", ["sft", "rm"])
+@pytest.mark.parametrize("kind", ["sft", "rm", "rm_packed_rows"])
 def test_sharded_steps_equal_single_device(kind):
     config = tiny_config(dropout_rate=0.1)  # dropout masks must agree across layouts too
     if kind == "sft":
@@ -252,7 +287,10 @@ def test_sharded_steps_equal_single_device(kind):
             dropout_rate=0.1,
         )
         make = lambda: make_rm(config=llama)  # noqa: E731
-        batches = [rm_batch(seed=s) for s in range(3)]
+        if kind == "rm":
+            batches = [rm_batch(seed=s) for s in range(3)]
+        else:  # several comparisons per row: per-row slots, gathered on the sharded rows
+            batches = rm_packed_batches()
     single, single_losses = _run_steps(make, batches, None)
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
     sharded, sharded_losses = _run_steps(make, batches, mesh)
