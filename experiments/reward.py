@@ -18,6 +18,7 @@ best-fit; train.batch_size then counts rows).
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import ml_collections
@@ -130,7 +131,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def tokens(batch):
         return int(np.sum(batch["mask_bkt" if "mask_bkt" in batch else "mask_bt"]))
 
+    started = time.perf_counter()
     result = common.train(run_, config, evaluate=evaluate, tokens_in_batch=tokens)
+    train_wall_s = time.perf_counter() - started  # the steps, compiling and evaluations
     summary = {
         "experiment": "reward",
         "step": int(result.state.step),
@@ -140,6 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "train_comparisons": len(train_source),
         "eval_comparisons": len(eval_source),
         **packing_summary,
+        "train_wall_s": train_wall_s,
     }
     if not result.preempted:
         params = result.state.params

@@ -53,7 +53,7 @@ def test_reward_experiment_runs_and_normalises(tmp_path, layout):
         config.data.update(shared_prompt_row_len=48, comparisons_per_row=4)
 
     summary = reward_experiment.run(config, str(tmp_path / "rm"))
-    assert summary["step"] == 6 and summary["heldout_prompts"] == 8
+    assert summary["step"] == 6 and summary["heldout_prompts"] == 8 and summary["train_wall_s"] > 0
     if layout == "packed_rows":
         assert summary["comparisons_per_row"] > 1.3 and summary["train_rows"] < 40 / 1.3
         assert 0 < summary["row_fill"] <= 1

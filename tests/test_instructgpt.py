@@ -576,3 +576,25 @@ def test_readme_quotes_the_committed_default_run():
     flat = " ".join(readme.split())
     assert f"**{metrics['headline']['total_wall_s']:.0f} s in all**" in flat
     assert f"**{100 * metrics['headline']['rm_heldout_accuracy']:.1f}%**" in flat
+
+
+def test_readme_quotes_the_packed_rm_rows_on_hh():
+    """experiments/results/rm_packed_rows_hh.jsonl: the HH-RLHF reward model one row per
+    response and packed, run one after the other; the README's sentence is their summaries."""
+    lines = (REPO / "experiments" / "results" / "rm_packed_rows_hh.jsonl").read_text().splitlines()
+    rows, packed = (json.loads(line) for line in lines)
+    assert "comparisons_per_row=4" in packed["command"] and "comparisons_per" not in rows["command"]
+    for key in ("train_comparisons", "eval_comparisons", "heldout_pairs", "step"):
+        assert rows[key] == packed[key], key
+    readme = " ".join((REPO / "README.md").read_text().split())
+    quoted = (
+        f"take the {rows['train_comparisons']:,} training comparisons in "
+        f"{packed['train_rows']:,} rows ({packed['comparisons_per_row']:.2f} per row, "
+        f"{100 * packed['row_fill']:.0f}% of the slots holding a token) instead of "
+        f"{2 * rows['train_comparisons']:,} rows of 192 (one per response); 8 rows per step "
+        f"trained in {packed['train_wall_s']:.1f} s against {rows['train_wall_s']:.1f} s for 16 "
+        f"comparisons per step, at {100 * packed['heldout_pairwise_accuracy']:.1f}% held-out "
+        f"accuracy against {100 * rows['heldout_pairwise_accuracy']:.1f}% "
+        f"({rows['heldout_pairs']} pairs;"
+    )
+    assert quoted in readme, quoted
