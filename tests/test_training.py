@@ -1,6 +1,8 @@
 """SFT and reward-model steps: label masking, accumulation, one pass per response, sharding."""
 
 import dataclasses
+import itertools
+from pathlib import Path
 
 import chex
 import jax
@@ -409,3 +411,56 @@ def test_shared_prompt_rows_cut_responses_to_one_length_skip_or_raise_when_they_
     strict = dataclasses.replace(spec, overlong="error")
     with pytest.raises(records.RecordError, match=f"more than row_len={row_len}"):
         pipeline.TokenizeComparisonSharedPrompt(tokenizer, strict, row_len).map(record)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(
+    not SHARED.exists(), reason="../shared/data is absent (only this workspace ships it)"
+)
+def test_packed_hh_comparisons_train_exactly_like_one_response_per_row():
+    """Real comparisons (the shared HH-RLHF harmless-base file, many cut by max_len): packed
+    several to a row, the loss and gradients equal one padded row per response."""
+    from rlhf_jax.data import packing, pipeline, records
+    from rlhf_jax.data.tokenizer import train_bpe_tokenizer
+
+    path = SHARED / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+    comparisons = list(
+        itertools.islice(records.read_records(path, records.parse_hh, skip_bad=True), 48)
+    )
+    texts = [c["prompt"] + r for c in comparisons for r in c["responses"]]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
+    config = TransformerConfig.gpt2(
+        vocab_size=tokenizer.vocab_size,
+        num_layers=2,
+        num_heads=2,
+        embed_dim=16,
+        mlp_dim=32,
+        max_len=64,
+    )
+    model = ScalarModel(config)
+    params, _ = state_lib.init_variables(model, 64, seed=0)
+    spec = pipeline.SequenceSpec(max_len=64, max_prompt_len=40, max_responses=2)
+    packed = packing.pack_comparisons(comparisons, tokenizer, spec, 256, per_row=4, seed=0)
+    assert len(packed) < len(comparisons) / 1.5
+    rows = pipeline.make_dataset(
+        packed,
+        pipeline.TokenizeComparisonRow(tokenizer, spec, 256, per_row=4),
+        batch_size=len(packed),
+        seed=0,
+        shuffle=False,
+    )[0]
+    per_response = pipeline.make_dataset(
+        [comparisons[i] for group in packed.groups for i in group],
+        pipeline.TokenizeComparison(tokenizer, spec),
+        batch_size=len(comparisons),
+        seed=0,
+        shuffle=False,
+    )[0]
+    assert per_response["truncated_b"].sum() > 0 and rows["truncated_b"].sum() > 0
+    forward = steps.reward_forward(model)
+    loss = lambda batch: forward(params, batch, None, True)[0]  # noqa: E731
+    grad = lambda batch: jax.grad(lambda p: forward(p, batch, None, True)[0])(params)  # noqa: E731
+    np.testing.assert_allclose(loss(rows), loss(per_response), rtol=1e-5)
+    chex.assert_trees_all_close(grad(rows), grad(per_response), atol=1e-5)
