@@ -363,8 +363,9 @@ def test_shared_prompt_rows_score_and_train_exactly_like_one_response_per_row(fa
     np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(expected)[valid], atol=1e-5)
 
     forward = steps.reward_forward(model)
-    grad = lambda batch: jax.grad(lambda p: forward(p, batch, None, True)[0])(params)  # noqa: E731
-    loss = lambda batch: forward(params, batch, None, True)[0]  # noqa: E731
+    loss_and_grad = jax.jit(jax.value_and_grad(lambda p, batch: forward(p, batch, None, True)[0]))
+    loss = lambda batch: loss_and_grad(params, batch)[0]  # noqa: E731
+    grad = lambda batch: loss_and_grad(params, batch)[1]  # noqa: E731
     np.testing.assert_allclose(loss(packed), loss(rows), rtol=1e-5)
     chex.assert_trees_all_close(grad(packed), grad(rows), atol=1e-5)
 
@@ -460,7 +461,8 @@ def test_packed_hh_comparisons_train_exactly_like_one_response_per_row():
     )[0]
     assert per_response["truncated_b"].sum() > 0 and rows["truncated_b"].sum() > 0
     forward = steps.reward_forward(model)
-    loss = lambda batch: forward(params, batch, None, True)[0]  # noqa: E731
-    grad = lambda batch: jax.grad(lambda p: forward(p, batch, None, True)[0])(params)  # noqa: E731
-    np.testing.assert_allclose(loss(rows), loss(per_response), rtol=1e-5)
-    chex.assert_trees_all_close(grad(rows), grad(per_response), atol=1e-5)
+    loss_and_grad = jax.jit(jax.value_and_grad(lambda p, batch: forward(p, batch, None, True)[0]))
+    loss_rows, grad_rows = loss_and_grad(params, rows)
+    loss_responses, grad_responses = loss_and_grad(params, per_response)
+    np.testing.assert_allclose(loss_rows, loss_responses, rtol=1e-5)
+    chex.assert_trees_all_close(grad_rows, grad_responses, atol=1e-5)
