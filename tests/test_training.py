@@ -308,6 +308,21 @@ def test_sharded_steps_equal_single_device(kind):
     )
 
 
+def _small_scalar_model(make, vocab_size, seed, **extra):
+    """(ScalarModel, params): 2 layers x 16 over 64 positions, for a tokenizer's vocabulary."""
+    config = make(
+        vocab_size=vocab_size,
+        num_layers=2,
+        num_heads=2,
+        embed_dim=16,
+        mlp_dim=32,
+        max_len=64,
+        **extra,
+    )
+    model = ScalarModel(config)
+    return model, state_lib.init_variables(model, 64, seed=seed)[0]
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama", "mistral"])
 def test_shared_prompt_rows_score_and_train_exactly_like_one_response_per_row(family):
     """The prompt once, then every response (segment-masked, positions continued from the
@@ -323,17 +338,7 @@ def test_shared_prompt_rows_score_and_train_exactly_like_one_response_per_row(fa
     extra = {"num_kv_heads": 2} if family != "gpt2" else {}
     if family == "mistral":
         extra["sliding_window"] = 4
-    config = make(
-        vocab_size=tokenizer.vocab_size,
-        num_layers=2,
-        num_heads=2,
-        embed_dim=16,
-        mlp_dim=32,
-        max_len=64,
-        **extra,
-    )
-    model = ScalarModel(config)
-    params, _ = state_lib.init_variables(model, 64, seed=3)
+    model, params = _small_scalar_model(make, tokenizer.vocab_size, seed=3, **extra)
     spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=16, max_responses=4)
     records = [
         {
@@ -432,16 +437,7 @@ def test_packed_hh_comparisons_train_exactly_like_one_response_per_row():
     )
     texts = [c["prompt"] + r for c in comparisons for r in c["responses"]]
     tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
-    config = TransformerConfig.gpt2(
-        vocab_size=tokenizer.vocab_size,
-        num_layers=2,
-        num_heads=2,
-        embed_dim=16,
-        mlp_dim=32,
-        max_len=64,
-    )
-    model = ScalarModel(config)
-    params, _ = state_lib.init_variables(model, 64, seed=0)
+    model, params = _small_scalar_model(TransformerConfig.gpt2, tokenizer.vocab_size, seed=0)
     spec = pipeline.SequenceSpec(max_len=64, max_prompt_len=40, max_responses=2)
     packed = packing.pack_comparisons(comparisons, tokenizer, spec, 256, per_row=4, seed=0)
     assert len(packed) < len(comparisons) / 1.5
