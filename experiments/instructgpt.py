@@ -106,6 +106,7 @@ def pretrain_config(config, workdir: str, size: str) -> ml_collections.ConfigDic
     c = hh_tiny.get_config("sft")
     c.data = world_data(config, workdir, "pretrain", "train", "validation")
     c.data.pack_documents = config.pretrain.get("pack_documents", False)
+    c.data.documents_per_row = config.pretrain.get("documents_per_row", 1)
     c.tokenizer.path = os.path.join(workdir, "world", "tokenizer")
     c.model.update(init="scratch", max_len=config.max_len, dropout_rate=0.0, **config.models[size])
     _common(
@@ -121,6 +122,7 @@ def pretrain_config(config, workdir: str, size: str) -> ml_collections.ConfigDic
 def sft_config(config, workdir: str, size: str) -> ml_collections.ConfigDict:
     c = hh_tiny.get_config("sft")
     c.data = world_data(config, workdir, "sft", "train", "validation")
+    c.data.documents_per_row = config.sft.get("documents_per_row", 1)
     base = os.path.join(workdir, f"pretrain_{size}", "model")
     c.tokenizer.path = base
     c.model.update(init="pretrained", name_or_path=base, max_len=config.max_len, dropout_rate=0.0)
@@ -226,10 +228,18 @@ def _sampler_for(model_dir: str, temperature: float, max_new_tokens: int):
 
 
 def _generate(
-    config, sampler, params, tokenizer, prompts: list[str], seed: int, progress: str
+    config,
+    sampler,
+    params,
+    tokenizer,
+    prompts: list[str],
+    seed: int,
+    progress: str,
+    sort_by_length: bool = False,
 ) -> list[str]:
-    """Each prompt's response text from `sampler` (the job's batch size and prompt budget), with
-    a progress bar labelled `progress`."""
+    """Each prompt's response text from `sampler` (the job's batch size and prompt budget; with
+    `sort_by_length`, batches of similar lengths, each padded to its own), with a progress bar
+    labelled `progress`."""
     return generate_texts(
         sampler,
         params,
@@ -239,6 +249,7 @@ def _generate(
         max_prompt_len=config.max_prompt_len,
         rng=jax.random.key(seed),
         progress=progress,
+        sort_by_length=sort_by_length,
     )
 
 
@@ -256,7 +267,16 @@ def stage_rank(config, workdir: str, out: str) -> dict:
     )
     ks = rng.integers(config.rank.k_min, config.rank.k_max + 1, size=len(prompts))
     flat = [p for p, k in zip(prompts, ks, strict=True) for _ in range(k)]
-    texts = _generate(config, sampler, params, tokenizer, flat, config.seed, "rank: sampling")
+    texts = _generate(
+        config,
+        sampler,
+        params,
+        tokenizer,
+        flat,
+        config.seed,
+        "rank: sampling",
+        sort_by_length=config.rank.get("sort_by_length", False),
+    )
     kept_prompts, kept_responses, single = [], [], 0
     start = 0
     for prompt, k in zip(prompts, ks, strict=True):

@@ -96,12 +96,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             for source in (train_source, eval_source)
         )
         packing_summary = {
-            "comparisons_per_row": train_rows.comparisons / len(train_rows),
+            "comparisons_per_row": train_rows.per_row,
             "train_rows": len(train_rows),
             "row_fill": train_rows.fill,
         }
         print(
-            f"Packed {train_rows.comparisons} comparisons into {len(train_rows)} rows of "
+            f"Packed {train_rows.count} comparisons into {len(train_rows)} rows of "
             f"{row_len} tokens ({packing_summary['comparisons_per_row']:.2f} per row, "
             f"{100 * train_rows.fill:.0f}% of the slots filled).",
             flush=True,

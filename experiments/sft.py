@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -23,6 +24,35 @@ from rlhf_jax.data import packing, pipeline
 from rlhf_jax.models import CausalLM, hf
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training import steps
+
+
+def _train_rows(config, train_source, tokenizer, spec, transform) -> tuple[Any, Any, dict]:
+    """(training rows, their transform, a summary of the packing) for the data options:
+    `pack_documents` (a stream cut into full rows), `documents_per_row` > 1 (whole records
+    grouped in rows of `packed_row_len` tokens, default max_len, each attending to itself;
+    `train.batch_size` then counts rows) or neither (one padded row per record)."""
+    per_row = config.data.get("documents_per_row", 1)
+    if per_row < 1:
+        raise ValueError(f"data.documents_per_row must be >= 1, got {per_row}.")
+    if config.data.get("pack_documents", False):
+        if per_row > 1:
+            raise ValueError(
+                "data.pack_documents excludes data.documents_per_row > 1: set one of them "
+                "(in experiments.instructgpt, --config.pretrain.documents_per_row=1)."
+            )
+        packed = packing.pack_documents(train_source, tokenizer, spec.max_len, config.seed)
+        return packed, packing.RowToElement(), {"train_rows": len(packed)}
+    if per_row == 1:
+        return train_source, transform, {}
+    row_len = config.data.get("packed_row_len", 0) or spec.max_len
+    rows = packing.pack_demonstrations(train_source, tokenizer, spec, row_len, per_row, config.seed)
+    summary = {"train_rows": len(rows), "documents_per_row": rows.per_row, "row_fill": rows.fill}
+    print(
+        f"Packed {rows.count} documents into {len(rows)} rows of {row_len} tokens "
+        f"({rows.per_row:.2f} per row, {100 * rows.fill:.0f}% of the slots filled).",
+        flush=True,
+    )
+    return rows, pipeline.TokenizeDemonstrationRow(tokenizer, spec, row_len, per_row), summary
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -54,16 +84,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     spec = common.sequence_spec(config.data)
     transform = pipeline.TokenizeDemonstration(tokenizer, spec)
-    packed = None
-    if config.data.get("pack_documents", False):
-        packed = packing.pack_documents(train_source, tokenizer, spec.max_len, config.seed)
-        train_dataset = pipeline.make_dataset(
-            packed, packing.RowToElement(), batch_size=config.train.batch_size, seed=config.seed
-        )
-    else:
-        train_dataset = pipeline.make_dataset(
-            train_source, transform, batch_size=config.train.batch_size, seed=config.seed
-        )
+    train_rows, train_transform, packing_summary = _train_rows(
+        config, train_source, tokenizer, spec, transform
+    )
+    train_dataset = pipeline.make_dataset(
+        train_rows, train_transform, batch_size=config.train.batch_size, seed=config.seed
+    )
     loss_fn = losses.LOSSES[config.loss]
     forward = steps.sft_forward(model, loss_fn)
     run_ = common.prepare_run(
@@ -94,7 +120,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "eval_perplexity": result.last_eval.get("perplexity"),
         "eval_token_accuracy": result.last_eval.get("accuracy"),
         "train_examples": len(train_source),
-        "train_packed_rows": len(packed) if packed is not None else None,
+        "train_packed_rows": packing_summary.get("train_rows"),
+        **{k: v for k, v in packing_summary.items() if k != "train_rows"},
         "eval_examples": len(eval_source),
     }
     if not result.preempted:

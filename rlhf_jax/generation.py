@@ -274,27 +274,49 @@ def generate_texts(
     max_prompt_len: int,
     rng: jax.Array,
     progress: str | None = None,
+    sort_by_length: bool = False,
+    width_multiple: int = 16,
 ) -> list[str]:
-    """Response texts (EOS dropped) of `sampler` (from `make_sampler`) for every prompt.
+    """Response texts (EOS dropped) of `sampler` (from `make_sampler`) for every prompt, in the
+    order of `prompts`.
 
     Prompts go in batches of `batch_size` rows (the last one filled with repeats of its last
     prompt, whose outputs are dropped), each batch with its own key folded from `rng`.
 
     Args:
       sampler: fn(params, tokens_bp, mask_bp, rng) -> GenerationOutput.
-      tokenizer: a `rlhf_jax.data.Tokenizer` (prompts are left-padded to `max_prompt_len`).
+      tokenizer: a `rlhf_jax.data.Tokenizer` (prompts are left-padded; longer ones keep their
+        last tokens).
+      max_prompt_len: P, the prompt budget in tokens (prefix included).
       progress: if given, a progress bar with this label counts the prompts answered.
+      sort_by_length: batch the prompts shortest first (a stable sort) and pad each batch only
+        to its longest prompt, rounded up to `width_multiple` (at most P) instead of to P:
+        prefill and cache then cost about the batch's own length. Greedy answers are those of
+        unsorted batches (up to float round-off); sampled ones are other draws of the same
+        distribution, since batches and their keys hold other prompts. Compiles one program per
+        width used (at most P / width_multiple).
     """
-    texts = []
+    order = list(range(len(prompts)))
+    if sort_by_length:
+        prefix = len(tokenizer.prefix_ids)
+        lengths = [prefix + len(tokenizer.encode(p)) for p in prompts]
+        order.sort(key=lengths.__getitem__)
+    texts: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc=progress, unit="prompt", disable=progress is None)
     for index, start in enumerate(range(0, len(prompts), batch_size)):
-        chunk = list(prompts[start : start + batch_size])
+        rows_of = order[start : start + batch_size]
+        chunk = [prompts[i] for i in rows_of]
         rows = len(chunk)
         chunk += chunk[-1:] * (batch_size - rows)
-        batch = tokenizer.encode_prompts(chunk, max_prompt_len)
+        width = max_prompt_len
+        if sort_by_length:
+            longest = max(lengths[i] for i in rows_of)
+            width = min(max_prompt_len, -(-longest // width_multiple) * width_multiple)
+        batch = tokenizer.encode_prompts(chunk, width)
         out = sampler(params, batch.tokens_bp, batch.mask_bp, jax.random.fold_in(rng, index))
         tokens, mask = jax.device_get((out.response_tokens_bn, out.response_mask_bn))
-        texts += [tokenizer.decode(tokens[i][mask[i]]) for i in range(rows)]
+        for row, i in enumerate(rows_of):
+            texts[i] = tokenizer.decode(tokens[row][mask[row]])
         bar.update(rows)
     bar.close()
     return texts

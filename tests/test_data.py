@@ -453,7 +453,7 @@ def test_pack_comparisons_keeps_every_comparison_once_in_rows_that_fit(tokenizer
     ]
     packed = packing.pack_comparisons(comparisons, tokenizer, spec, 96, per_row=4, seed=0)
     flat = sorted(i for group in packed.groups for i in group)
-    assert flat == list(range(200)) and packed.comparisons == 200
+    assert flat == list(range(200)) and packed.count == 200
     assert all(1 <= len(g) <= 4 and sum(lengths[i] for i in g) <= 96 for g in packed.groups)
     assert packed.tokens == sum(lengths)
     # Best-fit decreasing fills over 90% of the slots; one comparison per row fills far less.
@@ -524,3 +524,85 @@ def test_comparison_rows_count_skipped_and_truncated_comparisons(tokenizer):
     strict = pipeline.SequenceSpec(max_len=48, max_prompt_len=24, max_responses=3, overlong="error")
     with pytest.raises(records.RecordError, match="more than row_len=32"):
         packing.pack_comparisons([short, long], tokenizer, strict, 32, per_row=2, seed=0)
+
+
+def _demonstrations(n, seed=0):
+    rng = np.random.default_rng(seed)
+    words = ["alpha", "beta", "gamma", "delta", "list", "sort", "answer"]
+    return [
+        {
+            "id": f"d{i}",
+            "prompt": "" if i % 3 == 0 else " ".join(rng.choice(words, rng.integers(1, 4))),
+            "response": " " + " ".join(rng.choice(words, rng.integers(1, 6))),
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("loss_on_prompt", [False, True])
+def test_demonstration_rows_hold_each_record_as_its_own_row(tokenizer, loss_on_prompt):
+    """Packed demonstrations: every record exactly once, in rows that fit, each record's tokens
+    and targets as in its own padded row (its first token never a target), positions restarting
+    and one document index per record."""
+    from rlhf_jax.data import packing
+
+    spec = pipeline.SequenceSpec(max_len=32, max_prompt_len=16)
+    records = _demonstrations(150)
+    alone = pipeline.TokenizeDemonstration(tokenizer, spec, loss_on_prompt)
+    lengths = [int(alone.map(r)["mask_t"].sum()) for r in records]
+    packed = packing.pack_demonstrations(
+        records, tokenizer, spec, 64, per_row=6, seed=0, loss_on_prompt=loss_on_prompt
+    )
+    assert sorted(i for g in packed.groups for i in g) == list(range(150)) and packed.count == 150
+    assert all(1 <= len(g) <= 6 and sum(lengths[i] for i in g) <= 64 for g in packed.groups)
+    assert packed.tokens == sum(lengths) and packed.fill > 0.9
+    assert packed.fill > sum(lengths) / (150 * 32) + 0.3  # one padded row of 32 each
+    transform = pipeline.TokenizeDemonstrationRow(tokenizer, spec, 64, 6, loss_on_prompt)
+    for group, records_of_row in zip(packed.groups, packed, strict=True):
+        row = transform.map(records_of_row)
+        for slot, index in enumerate(group):
+            single = alone.map(records[index])
+            here = row["documents_t"] == slot
+            n, start = lengths[index], int(np.argmax(here))
+            assert here.sum() == n and here[start : start + n].all()
+            np.testing.assert_array_equal(row["tokens_t"][here], single["tokens_t"][:n])
+            np.testing.assert_array_equal(row["positions_t"][here], np.arange(n))
+            expected_targets = single["loss_mask_t"][:n].copy()
+            expected_targets[0] = False
+            np.testing.assert_array_equal(row["loss_mask_t"][here], expected_targets)
+        np.testing.assert_array_equal(row["mask_t"], row["documents_t"] >= 0)
+        assert not row["loss_mask_t"][~row["mask_t"]].any()
+        assert (row["tokens_t"][~row["mask_t"]] == tokenizer.pad_id).all()
+    assert max(map(len, packed.groups)) > 2
+    again = packing.pack_demonstrations(
+        records, tokenizer, spec, 64, per_row=6, seed=0, loss_on_prompt=loss_on_prompt
+    )
+    assert again.groups == packed.groups
+    assert packing.pack_demonstrations(records, tokenizer, spec, 64, 6, seed=1).groups != (
+        packed.groups
+    )
+    with pytest.raises(ValueError, match="do not fit one row"):
+        transform.map(records[:7])
+
+
+def test_demonstration_rows_count_cut_records_and_refuse_bad_arguments(tokenizer):
+    from rlhf_jax.data import packing
+
+    long = {"id": "long", "prompt": "sort", "response": " alpha beta" * 30}
+    short = {"id": "short", "prompt": "sort", "response": " alpha"}
+    for policy, truncated, skipped in (("truncate", 1, 0), ("skip", 0, 1)):
+        spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=12, overlong=policy)
+        packed = packing.pack_demonstrations([long, short], tokenizer, spec, 32, 2, seed=0)
+        rows = [pipeline.TokenizeDemonstrationRow(tokenizer, spec, 32, 2).map(r) for r in packed]
+        assert sum(int(r["truncated"]) for r in rows) == truncated
+        assert sum(int(r["skipped"]) for r in rows) == skipped
+        assert sum(int(r["mask_t"].sum()) for r in rows) == packed.tokens
+    spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=12, overlong="error")
+    with pytest.raises(records.RecordError, match="record long"):
+        packing.pack_demonstrations([short, long], tokenizer, spec, 32, 2, seed=0)
+    with pytest.raises(ValueError, match="row_len=16 must be >= max_len=24"):
+        packing.pack_demonstrations([short], tokenizer, spec, 16, 2, seed=0)
+    with pytest.raises(ValueError, match="per_row"):
+        packing.pack_demonstrations([short], tokenizer, spec, 32, 0, seed=0)
+    with pytest.raises(ValueError, match="No demonstration"):
+        packing.pack_demonstrations([], tokenizer, spec, 32, 2, seed=0)

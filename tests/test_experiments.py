@@ -181,3 +181,30 @@ def test_gpt2_config_runs_sft_from_a_local_checkpoint(tmp_path):
     assert exported_config.vocab_size == 300 and exported_config.dropout_rate == 0.0
     changed = jax.tree.map(lambda a, b: not np.allclose(a, b), exported, initial)
     assert any(jax.tree.leaves(changed))  # trained from the checkpoint, not from scratch
+
+
+def test_sft_row_layouts_and_their_errors():
+    """experiments.sft's data options: one padded row each, whole records packed per row (the
+    summary counts them), a stream cut into rows; the two packings exclude each other."""
+    records = [{"prompt": f"say {i}", "response": f" {i} {i + 1}"} for i in range(40)]
+    tokenizer = train_bpe_tokenizer([r["prompt"] + r["response"] for r in records], 200)
+    config = hh_tiny.get_config("sft")
+    config.data.update(max_len=16, max_prompt_len=8)
+    spec = common.sequence_spec(config.data)
+    transform = pipeline.TokenizeDemonstration(tokenizer, spec)
+    rows, used, summary = sft_experiment._train_rows(config, records, tokenizer, spec, transform)
+    assert rows is records and used is transform and summary == {}
+    config.data.documents_per_row = 3
+    rows, used, summary = sft_experiment._train_rows(config, records, tokenizer, spec, transform)
+    assert isinstance(used, pipeline.TokenizeDemonstrationRow) and used.row_len == 16
+    assert summary["train_rows"] == len(rows) < 40 and rows.count == 40
+    assert summary["documents_per_row"] == pytest.approx(40 / len(rows))
+    config.data.pack_documents = True
+    with pytest.raises(ValueError, match="pack_documents excludes data.documents_per_row"):
+        sft_experiment._train_rows(config, records, tokenizer, spec, transform)
+    config.data.documents_per_row = 0
+    with pytest.raises(ValueError, match="documents_per_row must be >= 1"):
+        sft_experiment._train_rows(config, records, tokenizer, spec, transform)
+    config.data.documents_per_row = 1
+    rows, used, summary = sft_experiment._train_rows(config, records, tokenizer, spec, transform)
+    assert summary == {"train_rows": len(rows)} and rows.rows_nt.shape[1] == 16

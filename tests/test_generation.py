@@ -197,3 +197,34 @@ def test_generate_texts_batches_pads_and_decodes_every_prompt(capsys):
         out = sampler(params, batch.tokens_bp, batch.mask_bp, jax.random.key(1))
         tokens, mask = np.asarray(out.response_tokens_bn[0]), np.asarray(out.response_mask_bn[0])
         assert text == tokenizer.decode(tokens[mask])
+
+
+def test_generate_texts_sorted_by_length_pads_each_batch_to_its_own_prompts():
+    from rlhf_jax.data.tokenizer import train_bpe_tokenizer
+    from rlhf_jax.training import state as state_lib
+
+    texts = [f"What is {i} plus {i}? Answer: {2 * i}" for i in range(30)]
+    tokenizer = train_bpe_tokenizer(texts * 3, 300)
+    config = TransformerConfig.gpt2(
+        vocab_size=300, num_layers=1, num_heads=2, embed_dim=16, max_len=64
+    )
+    params, _ = state_lib.init_variables(CausalLM(config), 8, seed=0)
+    eos = dict(eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+    greedy = SamplingConfig(6, temperature=0.0, **eos)
+    prompts = [" and".join([f" What is {i} plus {i}?"] * (1 + i % 4)) for i in range(9)]
+    kwargs = dict(batch_size=2, max_prompt_len=24, rng=jax.random.key(0))
+    unsorted_sampler = make_sampler(CausalLM(config), greedy)
+    unsorted = generate_texts(unsorted_sampler, params, tokenizer, prompts, **kwargs)
+    sorted_sampler = make_sampler(CausalLM(config), greedy)
+    got = generate_texts(
+        sorted_sampler, params, tokenizer, prompts, sort_by_length=True, width_multiple=4, **kwargs
+    )
+    assert got == unsorted  # greedy: the same answers, in the prompts' order
+    assert len(set(got)) > 1
+    # One program per batch width: several widths below P, where unsorted batches use P only.
+    assert unsorted_sampler._cache_size() == 1 and sorted_sampler._cache_size() >= 3
+    # Sampled: the same key gives the same texts (one key per sorted batch).
+    hot = make_sampler(CausalLM(config), SamplingConfig(6, **eos))
+    first = generate_texts(hot, params, tokenizer, prompts, sort_by_length=True, **kwargs)
+    again = generate_texts(hot, params, tokenizer, prompts, sort_by_length=True, **kwargs)
+    assert first == again and len(first) == len(prompts)

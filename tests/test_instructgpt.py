@@ -598,3 +598,84 @@ def test_readme_quotes_the_packed_rm_rows_on_hh():
         f"({rows['heldout_pairs']} pairs;"
     )
     assert quoted in readme, quoted
+
+
+def test_packed_documents_figures_are_the_saved_runs():
+    """experiments/results/instructgpt_ablations/packed_documents: the whole job at the previous
+    preset (one padded row per document) and at this one (packed), back to back; the ablation
+    page's table, the README's sentence and the preset's comment quote their files."""
+    ablations = REPO / "experiments" / "results" / "instructgpt_ablations"
+    folder = ablations / "packed_documents"
+    load = lambda path: json.loads(path.read_text())  # noqa: E731
+    previous = load(folder / "previous_preset_metrics.json")
+    packed = load(REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json")
+    table = " ".join((ablations / "README.md").read_text().split())
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for stage in ("pretrain_small", "pretrain_large", "sft_small", "sft_large"):
+        one = load(folder / f"{stage}_one_per_row_summary.json")
+        rows = load(folder / f"{stage}_packed_summary.json")
+        assert one["wall_s"] == previous["stages_wall_s"][stage]
+        assert rows["wall_s"] == packed["stages_wall_s"][stage]
+        assert one["train_examples"] == rows["train_examples"] and one["step"] == rows["step"]
+        assert one["train_packed_rows"] is None
+        assert rows["train_packed_rows"] < rows["train_examples"] / 2 and rows["row_fill"] > 0.9
+        line = (
+            f"| {stage} | {one['wall_s']:.1f} ({one['compile_s']:.1f}) | "
+            f"{rows['wall_s']:.1f} ({rows['compile_s']:.1f}) |"
+        )
+        assert line in table, line
+    for stage, label in (("pretrain_small", "pretraining rows"), ("sft_small", "SFT rows")):
+        rows = load(folder / f"{stage}_packed_summary.json")
+        padded_fill = rows["row_fill"] * rows["train_packed_rows"] / rows["train_examples"]
+        line = (
+            f"| {label} | {rows['train_examples']:,} ({100 * padded_fill:.0f}%"
+            f"{' of the slots hold a token' if label.startswith('pre') else ''}) | "
+            f"{rows['train_packed_rows']:,} ({rows['documents_per_row']:.2f} "
+        )
+        assert line in table, line
+    total = lambda m: m["headline"]["total_wall_s"]  # noqa: E731
+    assert f"| **whole job** | **{total(previous):.1f}** | **{total(packed):.1f}** |" in table
+    walls = lambda m, *s: sum(m["stages_wall_s"][x] for x in s)  # noqa: E731
+    pre, sft = ("pretrain_small", "pretrain_large"), ("sft_small", "sft_large")
+    quoted = (
+        f"pretraining {walls(previous, *pre):.1f} s -> {walls(packed, *pre):.1f} s, SFT "
+        f"{walls(previous, *sft):.1f} s -> {walls(packed, *sft):.1f} s, rank "
+        f"{walls(previous, 'rank'):.1f} s -> {walls(packed, 'rank'):.1f} s, the whole job "
+        f"{total(previous):.1f} s -> {total(packed):.1f} s"
+    )
+    assert quoted in readme, quoted
+    quoted = (
+        f"Pretraining took {walls(packed, *pre):.1f} s instead of {walls(previous, *pre):.1f} s "
+        f"and SFT {walls(packed, *sft):.1f} s instead of {walls(previous, *sft):.1f} s"
+    )
+    assert quoted in table, quoted
+    # Other seeds: each pretraining layout's large base model, fine-tuned on padded rows.
+    for seed in (1, 2):
+        nll = {
+            (stage, layout): load(folder / f"seed_{seed}" / f"{stage}_{layout}_base_summary.json")[
+                "eval_nll"
+            ]
+            for stage in ("pretrain_large", "sft_large")
+            for layout in ("packed", "one_per_row")
+        }
+        sft = f"{nll['sft_large', 'packed']:.3f} / {nll['sft_large', 'one_per_row']:.3f}"
+        base = f"{nll['pretrain_large', 'packed']:.3f} / {nll['pretrain_large', 'one_per_row']:.3f}"
+        assert f"{sft} with seed {seed}" in table and base in table, (sft, base)
+    # Sorting the rank stage's prompts: the same SFT model, unsorted and sorted; sorting
+    # best_of_n and evaluate too changed no figure and cost time.
+    unsorted, sorted_ = (load(folder / f"rank_{k}_summary.json") for k in ("unsorted", "sorted"))
+    assert unsorted["prompts"] == sorted_["prompts"]
+    assert f"took {unsorted['wall_s']:.1f} s unsorted and {sorted_['wall_s']:.1f} s sorted" in table
+    everywhere = load(folder / "sorted_everywhere_metrics.json")
+    assert everywhere["models"] == packed["models"]
+    seconds = [
+        f"{m['stages_wall_s'][s]:.1f} s"
+        for s in ("best_of_n", "evaluate")
+        for m in (packed, everywhere)
+    ]
+    comment = " ".join((REPO / "experiments" / "configs" / "instructgpt.py").read_text().split())
+    comment = comment.replace(" # ", " ")
+    assert (
+        f"{unsorted['wall_s']:.1f} s -> {sorted_['wall_s']:.1f} s for the ~78k samples" in comment
+    )
+    assert f"({seconds[0]} -> {seconds[1]} and {seconds[2]} -> {seconds[3]};" in comment

@@ -36,6 +36,12 @@ def base_config() -> ml_collections.ConfigDict:
             # experiments.sft: train on whole texts packed end to end in full rows
             # (rlhf_jax.data.packing; language-model pretraining), not one padded row each.
             pack_documents=False,
+            # experiments.sft: > 1 packs up to this many whole records in each row of
+            # packed_row_len tokens (0: max_len), each attending only to itself
+            # (rlhf_jax.data.packing.pack_demonstrations: the loss of one padded row per record
+            # for a fraction of the compute); train.batch_size then counts rows.
+            documents_per_row=1,
+            packed_row_len=0,
             # experiments.reward: > 0 lays each comparison out as one row of this many tokens,
             # the prompt once and then every response (pipeline.TokenizeComparisonSharedPrompt;
             # the same rewards for a fraction of the compute when responses are short).

@@ -18,19 +18,29 @@ of 112 tokens. `pack_comparisons` groups them, whole, several to a row by best-f
 `pipeline.TokenizeComparisonRow` lays each group out with per-comparison attention
 (`documents_bt`), so every response scores exactly as in its own row while a step computes about
 half the row slots. A batch is then a number of rows, each holding one or more comparisons.
+
+Demonstrations and pretraining documents are packed the same way (`pack_demonstrations`,
+`pipeline.TokenizeDemonstrationRow`): whole documents, each attending only to itself with
+positions restarting, so every token has the loss it would have in its own padded row; unlike
+`pack_documents`, nothing is cut at a row's end and no document sees another.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 from tqdm.auto import tqdm
 
-from rlhf_jax.data.pipeline import SequenceSpec, as_text, shared_prompt_comparison
+from rlhf_jax.data.pipeline import (
+    SequenceSpec,
+    TokenizeDemonstration,
+    as_text,
+    shared_prompt_comparison,
+)
 from rlhf_jax.data.tokenizer import Tokenizer
 
 
@@ -97,10 +107,10 @@ class RowToElement(grain.transforms.Map):
 
 
 @dataclasses.dataclass(frozen=True)
-class PackedComparisons:
-    """A random-access source of rows of comparison records: item i is the list of records of
-    row i (`groups[i]` holds their indices in `records`). `tokens` counts the tokens they take
-    (each prompt once), so `fill` = tokens / (rows x row_len)."""
+class PackedRecords:
+    """A random-access source of rows of records: item i is the list of records of row i
+    (`groups[i]` holds their indices in `records`). `tokens` counts the tokens they take (for a
+    comparison, its prompt once), so `fill` = tokens / (rows x row_len)."""
 
     records: Sequence[Mapping[str, Any]]
     groups: tuple[tuple[int, ...], ...]
@@ -114,50 +124,39 @@ class PackedComparisons:
         return [self.records[i] for i in self.groups[index]]
 
     @property
-    def comparisons(self) -> int:
+    def count(self) -> int:
+        """Records placed in the rows (every record, exactly once)."""
         return sum(map(len, self.groups))
+
+    @property
+    def per_row(self) -> float:
+        """Mean records per row."""
+        return self.count / max(len(self.groups), 1)
 
     @property
     def fill(self) -> float:
         return self.tokens / max(len(self.groups) * self.row_len, 1)
 
 
-def pack_comparisons(
-    records: Sequence[Mapping[str, Any]],
-    tokenizer: Tokenizer,
-    spec: SequenceSpec,
-    row_len: int,
-    per_row: int,
-    seed: int,
-) -> PackedComparisons:
-    """Groups comparison records into rows of `row_len` tokens, at most `per_row` to a row.
-
-    Each record's length is that of its shared-prompt layout after the cutting rules
-    (`pipeline.shared_prompt_comparison`; a skipped record takes a slot and no tokens). Best-fit
-    decreasing: longest first (ties in an order drawn from `seed`), each into the open row it
-    leaves least room in. On the instruction world's comparisons (~48 of 112 tokens) with
-    `per_row` = 4 it fills ~96% of the row slots, against ~43% one per row.
-
-    Raises:
-      ValueError: when `per_row` < 1 or `records` is empty.
-      RecordError: for a bad record, as `pipeline.TokenizeComparisonSharedPrompt` would.
-    """
-    if per_row < 1:
-        raise ValueError(f"per_row must be >= 1, got {per_row}.")
-    if len(records) == 0:
-        raise ValueError("No comparison records to pack.")
+def _measure(
+    records: Sequence[Mapping[str, Any]], length: Callable[[Mapping[str, Any]], int], what: str
+) -> np.ndarray:
+    """int64 [N]: `length` of every record, with a progress bar where that takes seconds."""
     measuring = tqdm(
         range(len(records)),
-        desc="packing comparisons",
-        unit="comparison",
-        disable=len(records) < 20_000,  # a bar only where it takes more than a few seconds
+        desc=f"packing {what}",
+        unit=what.rstrip("s"),
+        disable=len(records) < 20_000,
         leave=False,
     )
-    lengths = np.asarray(
-        [shared_prompt_comparison(tokenizer, spec, row_len, records[i]).length for i in measuring],
-        np.int64,
-    )
-    order = np.random.default_rng([seed, 23]).permutation(len(records))
+    return np.asarray([length(records[i]) for i in measuring], np.int64)
+
+
+def _best_fit_decreasing(
+    lengths: np.ndarray, row_len: int, per_row: int, order: np.ndarray
+) -> tuple[tuple[int, ...], ...]:
+    """Groups record indices into rows of `row_len` tokens, at most `per_row` to a row: longest
+    first (ties in `order`, a permutation), each into the open row it leaves least room in."""
     order = order[np.argsort(-lengths[order], kind="stable")]
     members: list[list[int]] = []
     room: list[int] = []
@@ -175,9 +174,83 @@ def pack_comparisons(
         room[row] -= need
         if len(members[row]) < per_row:
             open_by_room[room[row]].append(row)
-    return PackedComparisons(
+    return tuple(tuple(m) for m in members)
+
+
+def _check_packing_args(records: Sequence[Any], per_row: int, what: str) -> None:
+    if per_row < 1:
+        raise ValueError(f"per_row must be >= 1, got {per_row}.")
+    if len(records) == 0:
+        raise ValueError(f"No {what} records to pack.")
+
+
+def pack_comparisons(
+    records: Sequence[Mapping[str, Any]],
+    tokenizer: Tokenizer,
+    spec: SequenceSpec,
+    row_len: int,
+    per_row: int,
+    seed: int,
+) -> PackedRecords:
+    """Groups comparison records into rows of `row_len` tokens, at most `per_row` to a row.
+
+    Each record's length is that of its shared-prompt layout after the cutting rules
+    (`pipeline.shared_prompt_comparison`; a skipped record takes a slot and no tokens). Best-fit
+    decreasing: longest first (ties in an order drawn from `seed`), each into the open row it
+    leaves least room in. On the instruction world's comparisons (~48 of 112 tokens) with
+    `per_row` = 4 it fills ~96% of the row slots, against ~43% one per row.
+
+    Raises:
+      ValueError: when `per_row` < 1 or `records` is empty.
+      RecordError: for a bad record, as `pipeline.TokenizeComparisonSharedPrompt` would.
+    """
+    _check_packing_args(records, per_row, "comparison")
+    lengths = _measure(
+        records,
+        lambda r: shared_prompt_comparison(tokenizer, spec, row_len, r).length,
+        "comparisons",
+    )
+    order = np.random.default_rng([seed, 23]).permutation(len(records))
+    return PackedRecords(
         records=records,
-        groups=tuple(tuple(m) for m in members),
+        groups=_best_fit_decreasing(lengths, row_len, per_row, order),
+        tokens=int(lengths.sum()),
+        row_len=row_len,
+    )
+
+
+def pack_demonstrations(
+    records: Sequence[Mapping[str, Any]],
+    tokenizer: Tokenizer,
+    spec: SequenceSpec,
+    row_len: int,
+    per_row: int,
+    seed: int,
+    loss_on_prompt: bool = False,
+) -> PackedRecords:
+    """Groups demonstration records (or documents) into rows of `row_len` tokens, at most
+    `per_row` to a row, for `pipeline.TokenizeDemonstrationRow`.
+
+    Each record's length is that of its `pipeline.TokenizeDemonstration` row after the cutting
+    rules (a skipped record takes a slot and no tokens); grouping as in `pack_comparisons`. The
+    instruction world's pretraining documents fill ~41% of a 96-token row and its demonstrations
+    ~32%, so a step over packed rows computes well under half the row slots for the same
+    documents.
+
+    Raises:
+      ValueError: when `per_row` < 1, `records` is empty or `row_len` < `spec.max_len` (a
+        document of `max_len` tokens would not fit).
+      RecordError: for a bad record, as `pipeline.TokenizeDemonstration` would.
+    """
+    _check_packing_args(records, per_row, "demonstration")
+    if row_len < spec.max_len:
+        raise ValueError(f"row_len={row_len} must be >= max_len={spec.max_len}.")
+    single = TokenizeDemonstration(tokenizer, spec, loss_on_prompt)
+    lengths = _measure(records, lambda r: int(single.map(r)["mask_t"].sum()), "documents")
+    order = np.random.default_rng([seed, 29]).permutation(len(records))
+    return PackedRecords(
+        records=records,
+        groups=_best_fit_decreasing(lengths, row_len, per_row, order),
         tokens=int(lengths.sum()),
         row_len=row_len,
     )

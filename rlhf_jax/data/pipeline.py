@@ -14,7 +14,8 @@ which keeps the shapes fixed and the data order unchanged; with "error" it raise
 naming the record.
 
 Batches are dicts of numpy arrays with a leading batch axis. SFT: `tokens_bt`, `mask_bt`
-(attention), `loss_mask_bt` (response + EOS), `truncated_b`, `skipped_b`. Reward model:
+(attention), `loss_mask_bt` (response + EOS), `truncated_b`, `skipped_b`; several demonstrations
+per row (`TokenizeDemonstrationRow`) add `positions_bt` and `documents_bt`. Reward model:
 `tokens_bkt`, `mask_bkt`, `prefers_bkk` ([b, i, j] = response i preferred to j), `valid_bk`,
 `truncated_b`, `skipped_b`; or, one row per comparison (`TokenizeComparisonSharedPrompt`),
 `tokens_bt`, `mask_bt`, `positions_bt`, `segments_bt`, `last_bk` with the same `prefers_bkk`,
@@ -167,6 +168,60 @@ class TokenizeDemonstration(grain.transforms.Map):
             "loss_mask_t": loss_mask,
             "truncated": np.int32(truncated),
             "skipped": np.int32(skipped),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeDemonstrationRow(grain.transforms.Map):
+    """A group of up to `per_row` demonstration records (`packing.pack_demonstrations`) -> one row
+    of `row_len` tokens holding each as `TokenizeDemonstration` lays it out, one after another.
+
+    `documents_t` is record e's slot index e on its tokens (-1 on padding), so a token attends only
+    within its own record (`Decoder`'s `documents_bt`); `positions_t` restarts at each record, and
+    a record's first token is never a target (nothing in its own row predicts it), so every token
+    has the loss it has in its own row. `truncated` and `skipped` count the row's records.
+
+    Raises:
+      ValueError: when the group holds more than `per_row` records or needs more than `row_len`
+        tokens (the packer's mistake, never the data's).
+    """
+
+    tokenizer: Tokenizer
+    spec: SequenceSpec
+    row_len: int
+    per_row: int
+    loss_on_prompt: bool = False
+
+    def map(self, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        single = TokenizeDemonstration(self.tokenizer, self.spec, self.loss_on_prompt)
+        elements = [single.map(record) for record in records]
+        lengths = [int(element["mask_t"].sum()) for element in elements]
+        if len(elements) > self.per_row or sum(lengths) > self.row_len:
+            raise ValueError(
+                f"{len(elements)} records of {sum(lengths)} tokens do not fit one row of "
+                f"{self.per_row} records and row_len={self.row_len}."
+            )
+        row = {
+            "tokens_t": np.full(self.row_len, self.tokenizer.pad_id, np.int32),
+            "loss_mask_t": np.zeros(self.row_len, bool),
+            "positions_t": np.zeros(self.row_len, np.int32),
+            "documents_t": np.full(self.row_len, -1, np.int32),
+        }
+        start = 0
+        for slot, (element, length) in enumerate(zip(elements, lengths, strict=True)):
+            columns = slice(start, start + length)
+            row["tokens_t"][columns] = element["tokens_t"][:length]
+            row["loss_mask_t"][columns] = element["loss_mask_t"][:length]
+            if length:
+                row["loss_mask_t"][start] = False
+            row["positions_t"][columns] = np.arange(length)
+            row["documents_t"][columns] = slot
+            start += length
+        return {
+            **row,
+            "mask_t": row["documents_t"] >= 0,
+            "truncated": np.int32(sum(int(e["truncated"]) for e in elements)),
+            "skipped": np.int32(sum(int(e["skipped"]) for e in elements)),
         }
 
 

@@ -61,14 +61,23 @@ class CausalLM(nn.Module):
         cache: KVCache | None = None,
         deterministic: bool = True,
         logits_start: int = 0,
+        documents_bt: jax.Array | None = None,
     ) -> LMOutput:
         """See `Decoder.__call__` for the arguments; logits are upcast to float32.
 
         logits_start: static; logits are computed for positions >= logits_start only, so
           logits_btv is [B, T - logits_start, V] (PPO scores responses, not prompts: the LM
           head, V x E per position, is the costliest matmul of a small model).
+        documents_bt: several documents packed in one row (`pipeline.TokenizeDemonstrationRow`).
         """
-        out = self.decoder(tokens_bt, attention_mask_bt, positions_bt, cache, deterministic)
+        out = self.decoder(
+            tokens_bt,
+            attention_mask_bt,
+            positions_bt,
+            cache,
+            deterministic,
+            documents_bt=documents_bt,
+        )
         hidden_btd = out.hidden_btd[:, logits_start:] if logits_start else out.hidden_btd
         if self.config.tie_embeddings:
             logits_btv = self.decoder.attend(hidden_btd)

@@ -35,14 +35,17 @@ def _dropout_rngs(rng: jax.Array, deterministic: bool) -> dict[str, jax.Array] |
 
 
 def sft_forward(model: nn.Module, loss_fn: losses_lib.LossFn = losses_lib.sft_loss) -> Forward:
-    """Forward for a CausalLM on SFT batches (`tokens_bt`, `mask_bt`, `loss_mask_bt`)."""
+    """Forward for a CausalLM on SFT batches (`tokens_bt`, `mask_bt`, `loss_mask_bt`; with
+    `positions_bt` and `documents_bt` where rows pack several documents)."""
 
     def forward(params, batch, rng, deterministic):
         out = model.apply(
             params,
             batch["tokens_bt"],
             batch["mask_bt"],
+            batch.get("positions_bt"),
             deterministic=deterministic,
+            documents_bt=batch.get("documents_bt"),
             rngs=_dropout_rngs(rng, deterministic),
         )
         return loss_fn(
