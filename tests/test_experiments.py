@@ -189,14 +189,14 @@ def test_sft_row_layouts_and_their_errors():
     records = [{"prompt": f"say {i}", "response": f" {i} {i + 1}"} for i in range(40)]
     tokenizer = train_bpe_tokenizer([r["prompt"] + r["response"] for r in records], 200)
     config = hh_tiny.get_config("sft")
-    config.data.update(max_len=16, max_prompt_len=8)
+    config.data.update(max_len=32, max_prompt_len=16)
     spec = common.sequence_spec(config.data)
     transform = pipeline.TokenizeDemonstration(tokenizer, spec)
     rows, used, summary = sft_experiment._train_rows(config, records, tokenizer, spec, transform)
     assert rows is records and used is transform and summary == {}
     config.data.documents_per_row = 3
     rows, used, summary = sft_experiment._train_rows(config, records, tokenizer, spec, transform)
-    assert isinstance(used, pipeline.TokenizeDemonstrationRow) and used.row_len == 16
+    assert isinstance(used, pipeline.TokenizeDemonstrationRow) and used.row_len == 32
     assert summary["train_rows"] == len(rows) < 40 and rows.count == 40
     assert summary["documents_per_row"] == pytest.approx(40 / len(rows))
     config.data.pack_documents = True
@@ -207,4 +207,4 @@ def test_sft_row_layouts_and_their_errors():
         sft_experiment._train_rows(config, records, tokenizer, spec, transform)
     config.data.documents_per_row = 1
     rows, used, summary = sft_experiment._train_rows(config, records, tokenizer, spec, transform)
-    assert summary == {"train_rows": len(rows)} and rows.rows_nt.shape[1] == 16
+    assert summary == {"train_rows": len(rows)} and rows.rows_nt.shape[1] == 32
