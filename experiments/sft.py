@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 import ml_collections
@@ -108,9 +109,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         result["perplexity"] = math.exp(min(result["nll"], 50.0))
         return result
 
+    started = time.perf_counter()
     result = common.train(
         run_, config, evaluate=evaluate, tokens_in_batch=lambda b: int(np.sum(b["mask_bt"]))
     )
+    train_wall_s = time.perf_counter() - started  # the steps, compiling and evaluations
     summary = {
         "experiment": "sft",
         "step": int(result.state.step),
@@ -123,6 +126,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "train_packed_rows": packing_summary.get("train_rows"),
         **{k: v for k, v in packing_summary.items() if k != "train_rows"},
         "eval_examples": len(eval_source),
+        "train_wall_s": train_wall_s,
     }
     if not result.preempted:
         common.export_causal_lm(workdir, model_config, result.state.params, tokenizer)

@@ -331,8 +331,13 @@ def test_sharded_steps_equal_single_device(kind):
     )
 
 
-def _small_scalar_model(make, vocab_size, seed, **extra):
-    """(ScalarModel, params): 2 layers x 16 over 64 positions, for a tokenizer's vocabulary."""
+def _small_model(family, vocab_size, seed, module=ScalarModel):
+    """(module, params): 2 layers x 16 over 64 positions, for a tokenizer's vocabulary, of the
+    "gpt2" or "llama" family, or "mistral" (Llama with a 4-token sliding window)."""
+    make = getattr(TransformerConfig, "llama" if family == "mistral" else family)
+    extra = {"num_kv_heads": 2} if family != "gpt2" else {}
+    if family == "mistral":
+        extra["sliding_window"] = 4
     config = make(
         vocab_size=vocab_size,
         num_layers=2,
@@ -342,7 +347,7 @@ def _small_scalar_model(make, vocab_size, seed, **extra):
         max_len=64,
         **extra,
     )
-    model = ScalarModel(config)
+    model = module(config)
     return model, state_lib.init_variables(model, 64, seed=seed)[0]
 
 
@@ -357,11 +362,7 @@ def test_shared_prompt_rows_score_and_train_exactly_like_one_response_per_row(fa
 
     corpus = [f"Sort {i} {i + 3} then answer {i * 7}." for i in range(60)]
     tokenizer = train_bpe_tokenizer(corpus, vocab_size=200)
-    make = getattr(TransformerConfig, "llama" if family == "mistral" else family)
-    extra = {"num_kv_heads": 2} if family != "gpt2" else {}
-    if family == "mistral":
-        extra["sliding_window"] = 4
-    model, params = _small_scalar_model(make, tokenizer.vocab_size, seed=3, **extra)
+    model, params = _small_model(family, tokenizer.vocab_size, seed=3)
     spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=16, max_responses=4)
     records = [
         {
@@ -424,21 +425,7 @@ def test_packed_demonstrations_train_exactly_like_one_row_each(family):
 
     corpus = [f"Sort {i} {i + 3} then answer {i * 7}." for i in range(60)]
     tokenizer = train_bpe_tokenizer(corpus, vocab_size=200)
-    make = getattr(TransformerConfig, "llama" if family == "mistral" else family)
-    extra = {"num_kv_heads": 2} if family != "gpt2" else {}
-    if family == "mistral":
-        extra["sliding_window"] = 4
-    config = make(
-        vocab_size=tokenizer.vocab_size,
-        num_layers=2,
-        num_heads=2,
-        embed_dim=16,
-        mlp_dim=32,
-        max_len=64,
-        **extra,
-    )
-    model = CausalLM(config)
-    params = state_lib.init_variables(model, 64, seed=2)[0]
+    model, params = _small_model(family, tokenizer.vocab_size, seed=2, module=CausalLM)
     spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=12)
     rng = np.random.default_rng(0)
     records = [
@@ -520,9 +507,11 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.mark.skipif(
     not SHARED.exists(), reason="../shared/data is absent (only this workspace ships it)"
 )
-def test_packed_hh_comparisons_train_exactly_like_one_response_per_row():
+def test_packed_hh_records_train_exactly_like_one_row_each():
     """Real comparisons (the shared HH-RLHF harmless-base file, many cut by max_len): packed
-    several to a row, the loss and gradients equal one padded row per response."""
+    several to a row, the reward model's loss and gradients equal one padded row per response;
+    their chosen replies as demonstrations, packed several to a row, give SFT's loss and
+    gradients of one padded row per demonstration."""
     from rlhf_jax.data import packing, pipeline, records
     from rlhf_jax.data.tokenizer import train_bpe_tokenizer
 
@@ -532,7 +521,7 @@ def test_packed_hh_comparisons_train_exactly_like_one_response_per_row():
     )
     texts = [c["prompt"] + r for c in comparisons for r in c["responses"]]
     tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
-    model, params = _small_scalar_model(TransformerConfig.gpt2, tokenizer.vocab_size, seed=0)
+    model, params = _small_model("gpt2", tokenizer.vocab_size, seed=0)
     spec = pipeline.SequenceSpec(max_len=64, max_prompt_len=40, max_responses=2)
     packed = packing.pack_comparisons(comparisons, tokenizer, spec, 256, per_row=4, seed=0)
     assert len(packed) < len(comparisons) / 1.5
@@ -557,3 +546,28 @@ def test_packed_hh_comparisons_train_exactly_like_one_response_per_row():
     loss_responses, grad_responses = loss_and_grad(params, per_response)
     np.testing.assert_allclose(loss_rows, loss_responses, rtol=1e-5)
     chex.assert_trees_all_close(grad_rows, grad_responses, atol=1e-5)
+
+    demonstrations = packing.pack_demonstrations(comparisons, tokenizer, spec, 256, 6, seed=0)
+    assert len(demonstrations) < len(comparisons) / 2
+    demonstration_rows = pipeline.make_dataset(
+        demonstrations,
+        pipeline.TokenizeDemonstrationRow(tokenizer, spec, 256, per_row=6),
+        batch_size=len(demonstrations),
+        seed=0,
+        shuffle=False,
+    )[0]
+    one_each = pipeline.make_dataset(
+        comparisons,
+        pipeline.TokenizeDemonstration(tokenizer, spec),
+        batch_size=len(comparisons),
+        seed=0,
+        shuffle=False,
+    )[0]
+    assert demonstration_rows["truncated_b"].sum() == one_each["truncated_b"].sum() > 0
+    lm, lm_params = _small_model("gpt2", tokenizer.vocab_size, seed=0, module=CausalLM)
+    sft = steps.sft_forward(lm)
+    sft_loss_and_grad = jax.jit(jax.value_and_grad(lambda p, batch: sft(p, batch, None, True)[0]))
+    loss_rows, grad_rows = sft_loss_and_grad(lm_params, demonstration_rows)
+    loss_each, grad_each = sft_loss_and_grad(lm_params, one_each)
+    np.testing.assert_allclose(loss_rows, loss_each, rtol=1e-5)
+    chex.assert_trees_all_close(grad_rows, grad_each, atol=1e-5)

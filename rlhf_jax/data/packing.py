@@ -177,11 +177,28 @@ def _best_fit_decreasing(
     return tuple(tuple(m) for m in members)
 
 
-def _check_packing_args(records: Sequence[Any], per_row: int, what: str) -> None:
+def _pack(
+    records: Sequence[Mapping[str, Any]],
+    length: Callable[[Mapping[str, Any]], int],
+    what: str,
+    row_len: int,
+    per_row: int,
+    order_seed: list[int],
+) -> PackedRecords:
+    """Measures every record with `length` and groups them by `_best_fit_decreasing`, ties in
+    an order drawn from `order_seed`; `what` names the records in errors and the progress bar."""
     if per_row < 1:
         raise ValueError(f"per_row must be >= 1, got {per_row}.")
     if len(records) == 0:
         raise ValueError(f"No {what} records to pack.")
+    lengths = _measure(records, length, f"{what}s")
+    order = np.random.default_rng(order_seed).permutation(len(records))
+    return PackedRecords(
+        records=records,
+        groups=_best_fit_decreasing(lengths, row_len, per_row, order),
+        tokens=int(lengths.sum()),
+        row_len=row_len,
+    )
 
 
 def pack_comparisons(
@@ -204,19 +221,8 @@ def pack_comparisons(
       ValueError: when `per_row` < 1 or `records` is empty.
       RecordError: for a bad record, as `pipeline.TokenizeComparisonSharedPrompt` would.
     """
-    _check_packing_args(records, per_row, "comparison")
-    lengths = _measure(
-        records,
-        lambda r: shared_prompt_comparison(tokenizer, spec, row_len, r).length,
-        "comparisons",
-    )
-    order = np.random.default_rng([seed, 23]).permutation(len(records))
-    return PackedRecords(
-        records=records,
-        groups=_best_fit_decreasing(lengths, row_len, per_row, order),
-        tokens=int(lengths.sum()),
-        row_len=row_len,
-    )
+    length = lambda r: shared_prompt_comparison(tokenizer, spec, row_len, r).length  # noqa: E731
+    return _pack(records, length, "comparison", row_len, per_row, [seed, 23])
 
 
 def pack_demonstrations(
@@ -242,15 +248,8 @@ def pack_demonstrations(
         document of `max_len` tokens would not fit).
       RecordError: for a bad record, as `pipeline.TokenizeDemonstration` would.
     """
-    _check_packing_args(records, per_row, "demonstration")
     if row_len < spec.max_len:
         raise ValueError(f"row_len={row_len} must be >= max_len={spec.max_len}.")
     single = TokenizeDemonstration(tokenizer, spec, loss_on_prompt)
-    lengths = _measure(records, lambda r: int(single.map(r)["mask_t"].sum()), "documents")
-    order = np.random.default_rng([seed, 29]).permutation(len(records))
-    return PackedRecords(
-        records=records,
-        groups=_best_fit_decreasing(lengths, row_len, per_row, order),
-        tokens=int(lengths.sum()),
-        row_len=row_len,
-    )
+    length = lambda r: int(single.map(r)["mask_t"].sum())  # noqa: E731
+    return _pack(records, length, "demonstration", row_len, per_row, [seed, 29])
