@@ -679,3 +679,29 @@ def test_packed_documents_figures_are_the_saved_runs():
         f"{unsorted['wall_s']:.1f} s -> {sorted_['wall_s']:.1f} s for the ~78k samples" in comment
     )
     assert f"({seconds[0]} -> {seconds[1]} and {seconds[2]} -> {seconds[3]};" in comment
+
+
+def test_readme_quotes_the_packed_sft_rows_on_hh():
+    """experiments/results/sft_packed_rows_hh.jsonl: the HH-RLHF SFT run one padded row per
+    demonstration and packed, in two back-to-back pairs; the README's sentence is their
+    summaries."""
+    lines = (REPO / "experiments" / "results" / "sft_packed_rows_hh.jsonl").read_text().splitlines()
+    rows_1, packed_1, rows_2, packed_2 = (json.loads(line) for line in lines)
+    for rows, packed in ((rows_1, packed_1), (rows_2, packed_2)):
+        assert "documents_per_row=4" in packed["command"] and "per_row" not in rows["command"]
+        for key in ("train_examples", "eval_examples", "step"):
+            assert rows[key] == packed[key], key
+    # Each layout gives the same model in both pairs; only the wall times differ.
+    assert rows_1["eval_nll"] == rows_2["eval_nll"] and packed_1["eval_nll"] == packed_2["eval_nll"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    quoted = (
+        f"({packed_1['train_examples']:,} demonstrations in "
+        f"{packed_1['train_packed_rows']:,} rows, "
+        f"{packed_1['documents_per_row']:.2f} per row, {100 * packed_1['row_fill']:.0f}% of the "
+        f"slots holding a token; ~17 demonstrations per step) trained in "
+        f"{packed_1['train_wall_s']:.1f} s and {packed_2['train_wall_s']:.1f} s against "
+        f"{rows_1['train_wall_s']:.1f} s and {rows_2['train_wall_s']:.1f} s for 16 padded rows, at "
+        f"held-out NLL {packed_1['eval_nll']:.3f} against {rows_1['eval_nll']:.3f}"
+    )
+    assert quoted in readme, quoted
+    assert round(12 * packed_1["documents_per_row"]) == 17
