@@ -27,7 +27,7 @@ from .test_training import T, tiny_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_run_config(tmp_path: Path) -> Path:
+def write_run_config(tmp_path: Path, documents_per_row: int = 1) -> Path:
     rows = [
         {"prompt": f"Human: what is {i} plus {i}?\n\nAssistant:", "response": f" It is {2 * i}."}
         for i in range(64)
@@ -55,6 +55,8 @@ def write_run_config(tmp_path: Path) -> Path:
                 c.model.dropout_rate = 0.1
                 c.train.update(batch_size=8, num_steps=24, log_every=2, eval_every=0,
                                checkpoint_every=2, keep_checkpoints=2)
+                c.data.documents_per_row = {documents_per_row}
+                c.data.packed_row_len = 48
                 return c
             """
         )
@@ -81,8 +83,9 @@ def subprocess_env():
 
 
 @pytest.mark.slow
-def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path):
-    config = write_run_config(tmp_path)
+@pytest.mark.parametrize("documents_per_row", [1, 3])  # padded rows; whole records packed
+def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, documents_per_row):
+    config = write_run_config(tmp_path, documents_per_row)
     env = subprocess_env()
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     subprocess.run(
@@ -129,6 +132,8 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path):
     )
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["step"] == 24 and not summary["preempted"]
+    if documents_per_row > 1:
+        assert summary["train_packed_rows"] < 56 and summary["documents_per_row"] > 1
 
 
 @pytest.mark.slow
