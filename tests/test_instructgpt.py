@@ -602,13 +602,13 @@ def test_readme_quotes_the_packed_rm_rows_on_hh():
 
 def test_packed_documents_figures_are_the_saved_runs():
     """experiments/results/instructgpt_ablations/packed_documents: the whole job at the previous
-    preset (one padded row per document) and at this one (packed), back to back; the ablation
-    page's table, the README's sentence and the preset's comment quote their files."""
+    preset (one padded row per document) and packed, back to back; the ablation page's table, the
+    README's sentence and the preset's comment quote their files."""
     ablations = REPO / "experiments" / "results" / "instructgpt_ablations"
     folder = ablations / "packed_documents"
     load = lambda path: json.loads(path.read_text())  # noqa: E731
     previous = load(folder / "previous_preset_metrics.json")
-    packed = load(REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json")
+    packed = load(folder / "packed_preset_metrics.json")
     table = " ".join((ablations / "README.md").read_text().split())
     readme = " ".join((REPO / "README.md").read_text().split())
     for stage in ("pretrain_small", "pretrain_large", "sft_small", "sft_large"):
@@ -705,3 +705,42 @@ def test_readme_quotes_the_packed_sft_rows_on_hh():
     )
     assert quoted in readme, quoted
     assert round(12 * packed_1["documents_per_row"]) == 17
+
+
+def test_equal_steps_figures_are_the_saved_runs():
+    """experiments/results/instructgpt_ablations, "Equal steps for both sizes": the default run
+    against the packed run whose large model had half the steps; only the large model's stages
+    and the evaluation differ, and the page's table quotes both runs."""
+    ablations = REPO / "experiments" / "results" / "instructgpt_ablations"
+    load = lambda path: json.loads(path.read_text())  # noqa: E731
+    half = load(ablations / "packed_documents" / "packed_preset_metrics.json")
+    equal = load(REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json")
+    for name in ("base_small_zero_shot", "sft_small", "ppo_small", "ppo_ptx_small"):
+        assert half["models"][name] == equal["models"][name], name
+    assert half["rm"]["heldout_pairwise_accuracy"] == equal["rm"]["heldout_pairwise_accuracy"]
+    table = " ".join((ablations / "README.md").read_text().split())
+    walls = lambda m: " / ".join(  # noqa: E731
+        f"{m['stages_wall_s'][s]:.1f}" for s in ("pretrain_large", "sft_large")
+    )
+    rate = lambda m, n: f"{100 * m['models'][n]['win_rate_vs_baseline']['rate']:.1f}%"  # noqa: E731
+    nll = lambda folder, prefix: " / ".join(  # noqa: E731
+        f"{load(ablations / folder / f'{stage}{prefix}summary.json')['eval_nll']:.3f}"
+        for stage in ("pretrain_large", "sft_large")
+    )
+    rows = [
+        f"| pretrain_large / sft_large, s | {walls(half)} | {walls(equal)} |",
+        f"| whole job, s | {half['headline']['total_wall_s']:.1f} | "
+        f"{equal['headline']['total_wall_s']:.1f} |",
+        f"| {nll('packed_documents', '_packed_')} | {nll('equal_steps', '_')} |",
+        f"| {rate(half, 'base_large_zero_shot')} / {rate(half, 'base_large_few_shot')} | "
+        f"{rate(equal, 'base_large_zero_shot')} / {rate(equal, 'base_large_few_shot')} |",
+        f"| {rate(half, 'sft_large')} [",
+        f"| **{rate(equal, 'sft_large')}** [",
+    ]
+    for row in rows:
+        assert row in table, row
+    assert half["statements"] == [
+        f"The small PPO model beats the large {m} model."
+        for m in ("base (zero-shot)", "base (few-shot)", "SFT")
+    ]
+    assert equal["statements"][2] == "The small PPO model is beaten by the large SFT model."
