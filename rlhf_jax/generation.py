@@ -299,23 +299,25 @@ def generate_texts(
     order = list(range(len(prompts)))
     if sort_by_length:
         prefix = len(tokenizer.prefix_ids)
-        lengths = [prefix + len(tokenizer.encode(p)) for p in prompts]
+        # Each distinct prompt tokenized once (the rank stage repeats each prompt K times).
+        known = {p: prefix + len(tokenizer.encode(p)) for p in dict.fromkeys(prompts)}
+        lengths = [known[p] for p in prompts]
         order.sort(key=lengths.__getitem__)
     texts: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc=progress, unit="prompt", disable=progress is None)
     for index, start in enumerate(range(0, len(prompts), batch_size)):
-        rows_of = order[start : start + batch_size]
-        chunk = [prompts[i] for i in rows_of]
+        indices = order[start : start + batch_size]
+        chunk = [prompts[i] for i in indices]
         rows = len(chunk)
         chunk += chunk[-1:] * (batch_size - rows)
         width = max_prompt_len
         if sort_by_length:
-            longest = max(lengths[i] for i in rows_of)
+            longest = max(lengths[i] for i in indices)
             width = min(max_prompt_len, -(-longest // width_multiple) * width_multiple)
         batch = tokenizer.encode_prompts(chunk, width)
         out = sampler(params, batch.tokens_bp, batch.mask_bp, jax.random.fold_in(rng, index))
         tokens, mask = jax.device_get((out.response_tokens_bn, out.response_mask_bn))
-        for row, i in enumerate(rows_of):
+        for row, i in enumerate(indices):
             texts[i] = tokenizer.decode(tokens[row][mask[row]])
         bar.update(rows)
     bar.close()

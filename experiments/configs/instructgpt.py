@@ -71,8 +71,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.sizes = ("small", "large")
     # Steps per model size: the same for both, so the size comparison compares sizes. (Before
     # pretraining and SFT were packed the large model got half the steps to keep the job within
-    # its time budget, and came out weaker than the small one; experiments/results/
-    # instructgpt_ablations, "Packed documents".)
+    # its time budget, and came out no better than the small one; experiments/results/
+    # instructgpt_ablations, "Equal steps for both sizes".)
     # Documents and demonstrations are packed whole, up to 4 to a row of max_len tokens, each
     # attending only to itself (the loss of one padded row each): pretraining documents fill ~41%
     # of a padded row and demonstrations ~32%, packed rows ~95% and ~92%. batch_size counts rows:

@@ -138,20 +138,6 @@ class PackedRecords:
         return self.tokens / max(len(self.groups) * self.row_len, 1)
 
 
-def _measure(
-    records: Sequence[Mapping[str, Any]], length: Callable[[Mapping[str, Any]], int], what: str
-) -> np.ndarray:
-    """int64 [N]: `length` of every record, with a progress bar where that takes seconds."""
-    measuring = tqdm(
-        range(len(records)),
-        desc=f"packing {what}",
-        unit=what.rstrip("s"),
-        disable=len(records) < 20_000,
-        leave=False,
-    )
-    return np.asarray([length(records[i]) for i in measuring], np.int64)
-
-
 def _best_fit_decreasing(
     lengths: np.ndarray, row_len: int, per_row: int, order: np.ndarray
 ) -> tuple[tuple[int, ...], ...]:
@@ -191,7 +177,14 @@ def _pack(
         raise ValueError(f"per_row must be >= 1, got {per_row}.")
     if len(records) == 0:
         raise ValueError(f"No {what} records to pack.")
-    lengths = _measure(records, length, f"{what}s")
+    measuring = tqdm(
+        range(len(records)),
+        desc=f"packing {what}s",
+        unit=what,
+        disable=len(records) < 20_000,  # a bar only where measuring takes seconds
+        leave=False,
+    )
+    lengths = np.asarray([length(records[i]) for i in measuring], np.int64)
     order = np.random.default_rng(order_seed).permutation(len(records))
     return PackedRecords(
         records=records,
