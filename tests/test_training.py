@@ -521,53 +521,38 @@ def test_packed_hh_records_train_exactly_like_one_row_each():
     )
     texts = [c["prompt"] + r for c in comparisons for r in c["responses"]]
     tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
-    model, params = _small_model("gpt2", tokenizer.vocab_size, seed=0)
     spec = pipeline.SequenceSpec(max_len=64, max_prompt_len=40, max_responses=2)
+
+    def whole(source, transform):
+        """All of `source` as one batch, in order."""
+        return pipeline.make_dataset(
+            source, transform, batch_size=len(source), seed=0, shuffle=False
+        )[0]
+
+    def assert_same_loss_and_gradients(forward, params, batch_a, batch_b):
+        loss_and_grad = jax.jit(jax.value_and_grad(lambda p, b: forward(p, b, None, True)[0]))
+        loss_a, grad_a = loss_and_grad(params, batch_a)
+        loss_b, grad_b = loss_and_grad(params, batch_b)
+        np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
+        chex.assert_trees_all_close(grad_a, grad_b, atol=1e-5)
+
+    model, params = _small_model("gpt2", tokenizer.vocab_size, seed=0)
     packed = packing.pack_comparisons(comparisons, tokenizer, spec, 256, per_row=4, seed=0)
     assert len(packed) < len(comparisons) / 1.5
-    rows = pipeline.make_dataset(
-        packed,
-        pipeline.TokenizeComparisonRow(tokenizer, spec, 256, per_row=4),
-        batch_size=len(packed),
-        seed=0,
-        shuffle=False,
-    )[0]
-    per_response = pipeline.make_dataset(
+    rows = whole(packed, pipeline.TokenizeComparisonRow(tokenizer, spec, 256, per_row=4))
+    per_response = whole(
         [comparisons[i] for group in packed.groups for i in group],
         pipeline.TokenizeComparison(tokenizer, spec),
-        batch_size=len(comparisons),
-        seed=0,
-        shuffle=False,
-    )[0]
+    )
     assert per_response["truncated_b"].sum() > 0 and rows["truncated_b"].sum() > 0
-    forward = steps.reward_forward(model)
-    loss_and_grad = jax.jit(jax.value_and_grad(lambda p, batch: forward(p, batch, None, True)[0]))
-    loss_rows, grad_rows = loss_and_grad(params, rows)
-    loss_responses, grad_responses = loss_and_grad(params, per_response)
-    np.testing.assert_allclose(loss_rows, loss_responses, rtol=1e-5)
-    chex.assert_trees_all_close(grad_rows, grad_responses, atol=1e-5)
+    assert_same_loss_and_gradients(steps.reward_forward(model), params, rows, per_response)
 
     demonstrations = packing.pack_demonstrations(comparisons, tokenizer, spec, 256, 6, seed=0)
     assert len(demonstrations) < len(comparisons) / 2
-    demonstration_rows = pipeline.make_dataset(
-        demonstrations,
-        pipeline.TokenizeDemonstrationRow(tokenizer, spec, 256, per_row=6),
-        batch_size=len(demonstrations),
-        seed=0,
-        shuffle=False,
-    )[0]
-    one_each = pipeline.make_dataset(
-        comparisons,
-        pipeline.TokenizeDemonstration(tokenizer, spec),
-        batch_size=len(comparisons),
-        seed=0,
-        shuffle=False,
-    )[0]
+    demonstration_rows = whole(
+        demonstrations, pipeline.TokenizeDemonstrationRow(tokenizer, spec, 256, per_row=6)
+    )
+    one_each = whole(comparisons, pipeline.TokenizeDemonstration(tokenizer, spec))
     assert demonstration_rows["truncated_b"].sum() == one_each["truncated_b"].sum() > 0
     lm, lm_params = _small_model("gpt2", tokenizer.vocab_size, seed=0, module=CausalLM)
-    sft = steps.sft_forward(lm)
-    sft_loss_and_grad = jax.jit(jax.value_and_grad(lambda p, batch: sft(p, batch, None, True)[0]))
-    loss_rows, grad_rows = sft_loss_and_grad(lm_params, demonstration_rows)
-    loss_each, grad_each = sft_loss_and_grad(lm_params, one_each)
-    np.testing.assert_allclose(loss_rows, loss_each, rtol=1e-5)
-    chex.assert_trees_all_close(grad_rows, grad_each, atol=1e-5)
+    assert_same_loss_and_gradients(steps.sft_forward(lm), lm_params, demonstration_rows, one_each)
