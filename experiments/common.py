@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from rlhf_jax import compilation_cache, sharding
-from rlhf_jax.data import pipeline, sources
+from rlhf_jax.data import packing, pipeline, sources
 from rlhf_jax.data.tokenizer import Tokenizer, train_bpe_tokenizer
 from rlhf_jax.models import TransformerConfig, hf
 from rlhf_jax.training import optim, steps
@@ -215,6 +215,30 @@ def sequence_spec(data: ml_collections.ConfigDict) -> pipeline.SequenceSpec:
         max_responses=data.get("max_responses", 2),
         overlong=data.get("overlong", "truncate"),
     )
+
+
+def packed_demonstration_rows(
+    source,
+    tokenizer: Tokenizer,
+    spec: pipeline.SequenceSpec,
+    row_len: int,
+    per_row: int,
+    seed: int,
+    loss_on_prompt: bool = False,
+) -> tuple[Any, pipeline.TokenizeDemonstrationRow, dict]:
+    """(rows, their transform, a summary) for whole records packed up to `per_row` to a row of
+    `row_len` tokens (`packing.pack_demonstrations`); prints how full the rows are."""
+    rows = packing.pack_demonstrations(
+        source, tokenizer, spec, row_len, per_row, seed, loss_on_prompt
+    )
+    print(
+        f"Packed {rows.count} documents into {len(rows)} rows of {row_len} tokens "
+        f"({rows.per_row:.2f} per row, {100 * rows.fill:.0f}% of the slots filled).",
+        flush=True,
+    )
+    transform = pipeline.TokenizeDemonstrationRow(tokenizer, spec, row_len, per_row, loss_on_prompt)
+    summary = {"train_rows": len(rows), "documents_per_row": rows.per_row, "row_fill": rows.fill}
+    return rows, transform, summary
 
 
 def make_optimizer(optim_config: ml_collections.ConfigDict, learning_rate: float, total_steps: int):

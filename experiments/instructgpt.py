@@ -166,6 +166,7 @@ def ppo_config(config, workdir: str, ptx: bool) -> ml_collections.ConfigDict:
         minibatches=p.minibatches,
         ptx_coef=p.ptx_coef if ptx else 0.0,
         ptx_batch_size=p.ptx_batch_size,
+        ptx_documents_per_row=p.get("ptx_documents_per_row", 1),
         max_new_tokens=config.max_new_tokens,
         kl_coef=p.kl_coef,
         eval_batches=1,

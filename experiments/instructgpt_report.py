@@ -260,8 +260,15 @@ def _ppo_settings(p) -> str:
         f"{p.get('temperature', 1.0):g}, learning rate "
         f"{p.learning_rate:g} (value model {p.get('value_learning_rate', p.learning_rate):g}), "
         f"KL coefficient {p.kl_coef:g}; reward: {reward} minus the KL penalty; advantages: "
-        f"{advantage}."
+        f"{advantage}; PPO-ptx adds {p.ptx_coef:g} x the NLL of {p.ptx_batch_size} pretraining "
+        f"rows per iteration ({_ptx_layout(p.get('ptx_documents_per_row', 1))})."
     )
+
+
+def _ptx_layout(per_row: int) -> str:
+    if per_row == 1:
+        return "one padded row per document"
+    return f"whole documents packed up to {per_row} to a row, each attending to itself"
 
 
 def _habit_columns(world_settings: dict, models: dict) -> list[tuple[str, str]]:

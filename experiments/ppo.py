@@ -2,7 +2,8 @@ r"""PPO and PPO-ptx (InstructGPT step 3): the SFT policy against the reward mode
 
   python -m experiments.ppo --config=experiments/configs/hh_tiny.py:ppo --workdir=/tmp/hh_ppo \
       --config.model.sft_dir=/tmp/hh_sft/model --config.model.reward_dir=/tmp/hh_rm/model
-  # PPO-ptx: add --config.ppo.ptx_coef=1.0
+  # PPO-ptx: add --config.ppo.ptx_coef=1.0 (and --config.ppo.ptx_documents_per_row=4 to pack
+  # its pretraining documents several to a row)
 
 The policy and the frozen reference load from the SFT model (a transformers directory), the frozen
 RM and the value model (initialised from it) from the reward run's export; with
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -136,7 +138,24 @@ def repeat_prompts(batch: dict[str, np.ndarray], samples: int) -> dict[str, np.n
     return out
 
 
-def _datasets(config, tokenizer: Tokenizer, prompt_source, ptx_source):
+def _ptx_rows(config, tokenizer: Tokenizer, ptx_source) -> tuple[Any, Any, dict]:
+    """(ptx rows, their transform, a summary of the packing): one padded row per document, or
+    with `ppo.ptx_documents_per_row` > 1 whole documents packed up to that many to a row of
+    `ppo.ptx_row_len` tokens (default max_len), each attending to itself, so every token has the
+    loss it has in its own row (`ppo.ptx_batch_size` then counts rows)."""
+    spec = common.sequence_spec(config.data)
+    per_row = config.ppo.get("ptx_documents_per_row", 1)
+    if per_row < 1:
+        raise ValueError(f"ppo.ptx_documents_per_row must be >= 1, got {per_row}.")
+    if per_row == 1:
+        return ptx_source, pipeline.TokenizeDemonstration(tokenizer, spec, loss_on_prompt=True), {}
+    row_len = config.ppo.get("ptx_row_len", 0) or spec.max_len
+    return common.packed_demonstration_rows(
+        ptx_source, tokenizer, spec, row_len, per_row, config.seed + 1, loss_on_prompt=True
+    )
+
+
+def _datasets(config, tokenizer: Tokenizer, prompt_source, ptx_rows, ptx_transform):
     """One grain dataset of iteration batches: prompts (+ "ptx_..." pretraining rows)."""
     prompts = pipeline.make_dataset(
         prompt_source,
@@ -147,12 +166,11 @@ def _datasets(config, tokenizer: Tokenizer, prompt_source, ptx_source):
     samples = config.ppo.get("samples_per_prompt", 1)
     if samples > 1:
         prompts = prompts.map(lambda batch: repeat_prompts(batch, samples))
-    if ptx_source is None:
+    if ptx_rows is None:
         return prompts
-    spec = common.sequence_spec(config.data)
     ptx = pipeline.make_dataset(
-        ptx_source,
-        pipeline.TokenizeDemonstration(tokenizer, spec, loss_on_prompt=True),
+        ptx_rows,
+        ptx_transform,
         batch_size=config.ppo.ptx_batch_size,
         seed=config.seed + 1,
     )
@@ -195,7 +213,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
     prompt_source = common.open_split(config.data, config.data.train_split)
     eval_source = common.open_split(config.data, config.data.eval_split)
-    ptx_source = _ptx_source(config, config.ptx.split) if config.ppo.ptx_coef > 0 else None
+    ptx_rows, ptx_transform, ptx_packing = None, None, {}
+    if config.ppo.ptx_coef > 0:
+        ptx_rows, ptx_transform, ptx_packing = _ptx_rows(
+            config, tokenizer, _ptx_source(config, config.ptx.split)
+        )
 
     policy, reward_model = CausalLM(policy_config), ScalarModel(reward_config)
     _, policy_specs = state_lib.init_variables(policy, 8, config.seed)
@@ -258,7 +280,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     update_fn = ppo.jit_ppo_update(update, mesh, state_sh)
     step = ppo.make_iteration(rollout_fn, update_fn, reference, reward, timed=True)
 
-    train_iter = iter(_datasets(config, tokenizer, prompt_source, ptx_source).to_iter_dataset())
+    train_data = _datasets(config, tokenizer, prompt_source, ptx_rows, ptx_transform)
+    train_iter = iter(train_data.to_iter_dataset())
     state, checkpointer, writer, _ = common.resume_or_start(
         config, workdir, state, state_sh, train_iter
     )
@@ -371,6 +394,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "sft_eval_pretrain_nll": initial["pretrain_nll"],
         "value_model": value_kind,
         "ptx_nll": result.last_train.get("ptx/nll"),
+        **{f"ptx_{k}": v for k, v in ptx_packing.items()},
         "generated_tokens_per_s": result.last_train.get("generated_tokens_per_s"),
     }
     if not result.preempted:

@@ -46,14 +46,9 @@ def _train_rows(config, train_source, tokenizer, spec, transform) -> tuple[Any, 
     if per_row == 1:
         return train_source, transform, {}
     row_len = config.data.get("packed_row_len", 0) or spec.max_len
-    rows = packing.pack_demonstrations(train_source, tokenizer, spec, row_len, per_row, config.seed)
-    summary = {"train_rows": len(rows), "documents_per_row": rows.per_row, "row_fill": rows.fill}
-    print(
-        f"Packed {rows.count} documents into {len(rows)} rows of {row_len} tokens "
-        f"({rows.per_row:.2f} per row, {100 * rows.fill:.0f}% of the slots filled).",
-        flush=True,
+    return common.packed_demonstration_rows(
+        train_source, tokenizer, spec, row_len, per_row, config.seed
     )
-    return rows, pipeline.TokenizeDemonstrationRow(tokenizer, spec, row_len, per_row), summary
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -32,6 +32,7 @@ from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.models.heads import CausalLM, ScalarModel, ValueHead
 from rlhf_jax.models.partitioning import LogicalRules, activation_sharding, constrain
 from rlhf_jax.rollout import Rollout, policy_forward, response_values, rollout_metrics
+from rlhf_jax.training import steps
 from rlhf_jax.training.state import TrainState
 
 # ---------------------------------------------------------------------------------------------
@@ -278,12 +279,14 @@ def make_ppo_update(
         `losses.ppo_policy_loss`, `losses.ppo_value_loss` and `losses.sft_loss`.
 
     The returned update takes `ptx_batch` = {tokens_bt, mask_bt, loss_mask_bt} ([B_ptx, T], B_ptx
-    divisible by M) when `config.ptx_coef > 0`, else None. Metrics: (sum, count) pairs summed over
-    all E x M minibatches ("policy/...", "value/...", "ptx/...", "entropy"), the rollout's
+    divisible by M; with positions_bt and documents_bt where rows pack several documents, as for
+    `steps.sft_forward`) when `config.ptx_coef > 0`, else None. Metrics: (sum, count) pairs summed
+    over all E x M minibatches ("policy/...", "value/...", "ptx/...", "entropy"), the rollout's
     statistics ("rollout/...", see `rollout.rollout_metrics`), plus
     "per_minibatch": {name: float32 [E, M] means} of the policy metrics, and "kl_coef".
     """
     use_ptx = config.ptx_coef > 0
+    ptx_forward = steps.sft_forward(policy_model, ptx_loss_fn)
     shared_backbone = isinstance(value_model, ValueHead)
 
     def value_loss(values_bn, mb):
@@ -321,12 +324,7 @@ def make_ppo_update(
         if config.entropy_coef:
             loss = loss - config.entropy_coef * entropy_sum / jnp.maximum(count, 1.0)
         if use_ptx:
-            out = policy_model.apply(params, ptx_mb["tokens_bt"], ptx_mb["mask_bt"])
-            ptx_loss, ptx_metrics = ptx_loss_fn(
-                logits_btv=out.logits_btv,
-                tokens_bt=ptx_mb["tokens_bt"],
-                loss_mask_bt=ptx_mb["loss_mask_bt"],
-            )
+            ptx_loss, ptx_metrics = ptx_forward(params, ptx_mb, None, True)
             loss = loss + config.ptx_coef * ptx_loss
             metrics.update({f"ptx/{k}": v for k, v in ptx_metrics.items()})
         if head_params is not None:
@@ -471,7 +469,8 @@ def make_iteration(
       reference_params, reward_params: the frozen models' variables (on the mesh).
 
     The batch holds `tokens_bp` / `mask_bp` (left-padded prompts) and, for PPO-ptx,
-    `ptx_tokens_bt` / `ptx_mask_bt` / `ptx_loss_mask_bt`. Metrics are the update's, without the
+    `ptx_tokens_bt` / `ptx_mask_bt` / `ptx_loss_mask_bt` (+ `ptx_positions_bt` /
+    `ptx_documents_bt` where rows pack several documents). Metrics are the update's, without the
     per-minibatch arrays (see `make_ppo_update`), so `training.loop.train_loop` can run PPO.
     With `timed`, the host waits for each call to finish (no data is read) and adds
     "time/rollout_s" and "time/update_s" (wall seconds of each call, dispatch included).
@@ -493,14 +492,13 @@ def make_iteration(
         if timed:
             jax.block_until_ready(experience)
             rollout_s, start = time.perf_counter() - start, time.perf_counter()
-        ptx = None
-        if "ptx_tokens_bt" in batch:
-            ptx = {
-                "tokens_bt": batch["ptx_tokens_bt"],
-                "mask_bt": batch["ptx_mask_bt"],
-                "loss_mask_bt": batch["ptx_loss_mask_bt"],
-            }
-        state, metrics = update_fn(state, experience, ptx, update_rng)
+        # The [B, T] fields only: the per-row counts ("ptx_truncated_b", ...) are the loop's.
+        ptx = {
+            k.removeprefix("ptx_"): v
+            for k, v in batch.items()
+            if k.startswith("ptx_") and k.endswith("_bt")
+        }
+        state, metrics = update_fn(state, experience, ptx or None, update_rng)
         metrics = {k: v for k, v in metrics.items() if k != "per_minibatch"}
         if timed:
             jax.block_until_ready(state)

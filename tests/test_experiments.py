@@ -210,3 +210,29 @@ def test_sft_row_layouts_and_their_errors():
     config.data.documents_per_row = 1
     rows, used, summary = sft_experiment._train_rows(config, records, tokenizer, spec, transform)
     assert summary == {"train_rows": len(rows)} and rows.rows_nt.shape[1] == 32
+
+
+def test_ppo_ptx_row_layouts_and_their_errors():
+    """experiments.ppo's pretraining rows: one padded row per document with a loss on every token,
+    or whole documents packed per row (`ppo.ptx_documents_per_row`, every token a target too)."""
+    from experiments import ppo as ppo_experiment
+
+    records = [{"prompt": "", "response": f"{i} {i + 1}"} for i in range(40)]
+    tokenizer = train_bpe_tokenizer([r["response"] for r in records], 200)
+    config = hh_tiny.get_config("ppo")
+    config.data.update(max_len=32, max_prompt_len=16)
+    rows, transform, summary = ppo_experiment._ptx_rows(config, tokenizer, records)
+    assert rows is records and summary == {}
+    one = transform.map(records[0])
+    assert one["loss_mask_t"].sum() == one["mask_t"].sum()  # every token, not only a response
+    config.ppo.ptx_documents_per_row = 3
+    rows, transform, summary = ppo_experiment._ptx_rows(config, tokenizer, records)
+    assert isinstance(transform, pipeline.TokenizeDemonstrationRow) and transform.loss_on_prompt
+    assert summary["train_rows"] == len(rows) < 40 and rows.count == 40
+    row = transform.map(rows[0])
+    starts = (row["positions_t"] == 0) & (row["documents_t"] >= 0)
+    # Every token of each document but its first is a target.
+    assert row["loss_mask_t"].sum() == (row["documents_t"] >= 0).sum() - starts.sum() > 0
+    config.ppo.ptx_documents_per_row = 0
+    with pytest.raises(ValueError, match="ptx_documents_per_row must be >= 1"):
+        ppo_experiment._ptx_rows(config, tokenizer, records)

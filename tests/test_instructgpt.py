@@ -305,6 +305,7 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(smoke
     assert "| PPO-ptx |" in report and report.count("\n| ") > 20
     assert "reward: the reward model's score minus the KL penalty" in report
     assert "advantages: GAE on the value model" in report
+    assert "PPO-ptx adds 1 x the NLL of 16 pretraining rows per iteration (one padded" in report
     for png in ("win_rates.png", "ppo_curves.png"):
         with Image.open(workdir / png) as image:
             assert image.size[0] > 300 and image.size[1] > 100
@@ -679,6 +680,58 @@ def test_packed_documents_figures_are_the_saved_runs():
         f"{unsorted['wall_s']:.1f} s -> {sorted_['wall_s']:.1f} s for the ~78k samples" in comment
     )
     assert f"({seconds[0]} -> {seconds[1]} and {seconds[2]} -> {seconds[3]};" in comment
+
+
+def test_packed_ptx_figures_are_the_saved_runs():
+    """experiments/results/instructgpt_ablations/packed_ptx: the ppo_ptx stage on padded and on
+    packed pretraining rows, alternating; the ablation page's table and the preset's comment
+    quote their files, and the packed run changes no model but PPO-ptx."""
+    ablations = REPO / "experiments" / "results" / "instructgpt_ablations"
+    folder = ablations / "packed_ptx"
+    load = lambda path: json.loads(path.read_text())  # noqa: E731
+    one = [load(folder / f"ppo_ptx_one_per_row_{i}.json") for i in (1, 2)]
+    packed = [load(folder / f"ppo_ptx_packed_{i}.json") for i in (1, 2)]
+    table = " ".join((ablations / "README.md").read_text().split())
+    for i, label in enumerate(("first pair, s (of which XLA compiling)", "second pair")):
+        line = (
+            f"| ppo_ptx stage, {label} | {one[i]['wall_s']:.1f} ({one[i]['compile_s']:.1f}) | "
+            f"{packed[i]['wall_s']:.1f} ({packed[i]['compile_s']:.1f}) |"
+        )
+        assert line in table, line
+        # Each layout gives the same model in both of its runs.
+        assert one[i]["eval_pretrain_nll"] == one[0]["eval_pretrain_nll"]
+        assert packed[i]["eval_pretrain_nll"] == packed[0]["eval_pretrain_nll"]
+    rows = packed[0]
+    assert "ptx_train_rows" not in one[0]
+    line = (
+        f"| pretraining rows | 12,000 | {rows['ptx_train_rows']:,} "
+        f"({rows['ptx_documents_per_row']:.2f} documents each, {100 * rows['ptx_row_fill']:.0f}% "
+    )
+    assert line in table, line
+    saved = [one[i]["wall_s"] - packed[i]["wall_s"] for i in (0, 1)]
+    assert f"{max(saved[0], 0):.0f} and {saved[1]:.1f} s saved in the two pairs" in table
+    default = load(REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json")
+    metrics = load(folder / "packed_metrics.json")
+    for name, model in metrics["models"].items():
+        assert (model == default["models"][name]) == (name != "ppo_ptx_small"), name
+    win = lambda m: instructgpt_report._pct(  # noqa: E731
+        m["models"]["ppo_ptx_small"]["win_rate_vs_baseline"]
+    ).split(" (n=")[0]
+    assert f"| PPO-ptx win rate vs SFT | {win(default)} | {win(metrics)} |" in table
+    nll = lambda m: m["models"]["ppo_ptx_small"]["pretrain_nll"]  # noqa: E731
+    sft_nll = default["models"]["sft_small"]["pretrain_nll"]
+    line = (
+        f"| PPO-ptx pretraining NLL (SFT {sft_nll:.3f}) | {nll(default):.3f} | {nll(metrics):.3f} |"
+    )
+    assert line in table, line
+    assert "the default run), not the rows" in table
+    assert f"(the `ppo` stage, without it, took {default['stages_wall_s']['ppo']:.1f} s" in table
+    comment = " ".join((REPO / "experiments" / "configs" / "instructgpt.py").read_text().split())
+    comment = comment.replace(" # ", " ")
+    assert (
+        f"the stage took {packed[0]['wall_s']:.1f} s and {packed[1]['wall_s']:.1f} s against "
+        f"{one[0]['wall_s']:.1f} s and {one[1]['wall_s']:.1f} s"
+    ) in comment
 
 
 def test_readme_quotes_the_packed_sft_rows_on_hh():

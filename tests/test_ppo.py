@@ -374,10 +374,16 @@ def test_rollout_and_update_compile_once_and_move_no_data_implicitly():
     assert metrics["time/rollout_s"][0] > 0 and metrics["time/update_s"][0] > 0
 
 
-@pytest.mark.parametrize("advantage, group_size", [("gae", 1), ("leave_one_out", 2)])
-def test_ppo_iteration_sharded_equals_single_device(advantage, group_size):
+@pytest.mark.parametrize(
+    "advantage, group_size, packed_ptx",
+    [("gae", 1, False), ("leave_one_out", 2, False), ("gae", 1, True)],
+)
+def test_ppo_iteration_sharded_equals_single_device(advantage, group_size, packed_ptx):
     models, params, config, specs = make_setup(missing_eos_penalty=-1.0)
     tokens, mask = prompts()
+    ptx = ptx_batch()
+    if packed_ptx:  # positions_bt and documents_bt go through the iteration's batch too
+        ptx = {k: np.concatenate([v, v]) for k, v in ptx_documents_two_layouts()[1].items()}
     results = []
     for mesh in (None, sharding.make_mesh(data=2, fsdp=2, tensor=2)):
         state, rollout_fn, update_fn = make_iteration(
@@ -391,7 +397,7 @@ def test_ppo_iteration_sharded_equals_single_device(advantage, group_size):
             group_size=group_size,
         )
         iteration = ppo.make_iteration(rollout_fn, update_fn, params.reference, params.reward)
-        batch = iteration_batch(tokens, mask, ptx_batch())
+        batch = iteration_batch(tokens, mask, ptx)
         if mesh is not None:
             batch = sharding.put_batch(batch, mesh)
         rng = state_lib.step_rng(state)
@@ -418,6 +424,95 @@ def test_ppo_iteration_sharded_equals_single_device(advantage, group_size):
         single.policy.params["params"]["decoder"]["layer_0"]["mlp"]["up"]["kernel"],
         params.policy["params"]["decoder"]["layer_0"]["mlp"]["up"]["kernel"],
     )
+
+
+def ptx_documents_two_layouts(row_len: int = 12):
+    """Eight 'pretraining' documents of 3..9 tokens as one padded row each [8, row_len] and packed
+    two to a row [4, row_len] (positions restart, each attends to itself, first token no target)."""
+    rng = np.random.default_rng(3)
+    lengths = ((5, 7), (4, 8), (6, 6), (3, 9))
+    docs = [rng.integers(6, V, n).astype(np.int32) for pair in lengths for n in pair]
+    single = {
+        "tokens_bt": np.full((8, row_len), PAD, np.int32),
+        "mask_bt": np.zeros((8, row_len), bool),
+    }
+    for row, doc in enumerate(docs):
+        single["tokens_bt"][row, : len(doc)] = doc
+        single["mask_bt"][row, : len(doc)] = True
+    single["loss_mask_bt"] = single["mask_bt"].copy()
+    packed = {
+        "tokens_bt": np.full((4, row_len), PAD, np.int32),
+        "mask_bt": np.zeros((4, row_len), bool),
+        "loss_mask_bt": np.zeros((4, row_len), bool),
+        "positions_bt": np.zeros((4, row_len), np.int32),
+        "documents_bt": np.full((4, row_len), -1, np.int32),
+    }
+    for row in range(4):
+        start = 0
+        for slot, doc in enumerate(docs[2 * row : 2 * row + 2]):
+            columns = slice(start, start + len(doc))
+            packed["tokens_bt"][row, columns] = doc
+            packed["mask_bt"][row, columns] = True
+            packed["loss_mask_bt"][row, start + 1 : start + len(doc)] = True
+            packed["positions_bt"][row, columns] = np.arange(len(doc))
+            packed["documents_bt"][row, columns] = slot
+            start += len(doc)
+    return single, packed
+
+
+def test_ppo_ptx_term_on_packed_rows_equals_one_row_per_document():
+    models, params, config, _ = make_setup()
+    single, packed = ptx_documents_two_layouts()
+    # Plain SGD and one minibatch, so the update is the gradient itself (no permutation, and no
+    # Adam normalisation amplifying round-off).
+    ppo_config = ppo.PPOConfig(epochs=1, minibatches=1, ptx_coef=1.0)
+    update = jax.jit(
+        ppo.make_ppo_update(models.policy, models.value, optax.sgd(1.0), optax.sgd(1.0), ppo_config)
+    )
+    state = ppo.create_ppo_state(
+        params.policy, params.value, optax.sgd(1.0), optax.sgd(1.0), ppo_config.kl, seed=0
+    )
+    experience = rollout_lib.make_rollout(models, config)(
+        params, *prompts(), state.kl_coef, jax.random.key(1)
+    )
+    no_documents = {k: v for k, v in packed.items() if k != "documents_bt"}
+    results = {
+        name: jax.device_get(update(state, experience, batch, jax.random.key(2)))
+        for name, batch in (("single", single), ("packed", packed), ("leaky", no_documents))
+    }
+    one_per_row, one_metrics = results["single"]
+    packed_state, packed_metrics = results["packed"]
+    # 48 tokens in 8 documents: every token but each document's first is a target.
+    assert one_metrics["ptx/nll"][1] == packed_metrics["ptx/nll"][1] == 48 - 8
+    np.testing.assert_allclose(packed_metrics["ptx/nll"][0], one_metrics["ptx/nll"][0], rtol=1e-5)
+    chex.assert_trees_all_close(packed_state.policy.params, one_per_row.policy.params, atol=1e-6)
+    # Without the document mask, the second document of a row attends to the first: not equal.
+    leaky_nll = results["leaky"][1]["ptx/nll"][0]
+    assert abs(leaky_nll - one_metrics["ptx/nll"][0]) > 1e-3, leaky_nll
+
+
+def test_iteration_hands_every_ptx_field_to_the_update():
+    """`make_iteration` hands the update every [B, T] ptx field without its "ptx_" prefix (packed
+    rows' positions and document ids included, the loop's per-row counts not), and None when the
+    batch has no ptx rows."""
+    from types import SimpleNamespace
+
+    seen = []
+
+    def update_fn(state, experience, ptx, rng):
+        seen.append(ptx)
+        return state, {"loss": 0.0, "per_minibatch": {}}
+
+    train = SimpleNamespace(params=None)
+    state = SimpleNamespace(policy=train, value=train, kl_coef=0.05)
+    step = ppo.make_iteration(lambda *args: "experience", update_fn, None, None)
+    packed = ptx_documents_two_layouts()[1]
+    tokens, mask = prompts()
+    counts = {"truncated_b": np.zeros(4, np.int32), "skipped_b": np.zeros(4, np.int32)}
+    _, metrics = step(state, iteration_batch(tokens, mask, {**packed, **counts}), jax.random.key(0))
+    step(state, iteration_batch(tokens, mask), jax.random.key(0))
+    assert sorted(seen[0]) == sorted(packed) and seen[0]["documents_bt"] is packed["documents_bt"]
+    assert seen[1] is None and metrics == {"loss": 0.0}
 
 
 def test_ppo_state_checkpoint_keeps_kl_value_and_both_optimizers(tmp_path):

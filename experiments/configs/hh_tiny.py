@@ -121,7 +121,11 @@ def get_config(variant: str = "sft") -> ml_collections.ConfigDict:
                 whiten_advantages=True,
                 entropy_coef=0.0,
                 ptx_coef=0.0,  # > 0 for PPO-ptx
-                ptx_batch_size=16,
+                ptx_batch_size=16,  # rows
+                # > 1: whole ptx documents packed up to this many to a row of ptx_row_len
+                # tokens (0: data.max_len), each attending only to itself.
+                ptx_documents_per_row=1,
+                ptx_row_len=0,
                 temperature=1.0,
                 max_new_tokens=48,
                 kl_kind="fixed",  # or "adaptive"
