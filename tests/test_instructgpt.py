@@ -579,6 +579,56 @@ def test_readme_quotes_the_committed_default_run():
     assert f"**{100 * metrics['headline']['rm_heldout_accuracy']:.1f}%**" in flat
 
 
+def test_readme_prose_quotes_the_committed_default_run():
+    """The figures the README's main-job bullets quote from the default run (win rates, best of 8,
+    held-out RM scores and KLs, the per-family arithmetic, the alignment tax) are its metrics'."""
+    metrics = json.loads(
+        (REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json").read_text()
+    )
+    flat = " ".join((REPO / "README.md").read_text().split())
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    interval = lambda x: f"{pct(x['rate'])} [{100 * x['low']:.1f}, {100 * x['high']:.1f}]"  # noqa: E731
+    models, headline = metrics["models"], metrics["headline"]
+    win = lambda name: models[name]["win_rate_vs_baseline"]["rate"]  # noqa: E731
+    quoted = [
+        f"PPO wins {pct(win('ppo_small'))} against SFT (target >= 65%) and PPO-ptx "
+        f"{pct(win('ppo_ptx_small'))} (target >= 60%)",
+        f"The base model zero-shot wins {pct(win('base_small_zero_shot'))}",
+        f"Two noisy labelers agree on {pct(headline['labeler_agreement'])} of held-out pairs",
+    ]
+    picks = metrics["best_of_n"]["win_rate_vs_sft_greedy"]
+    quoted += [
+        f"highest wins {interval(picks['rm_best'])} against SFT's greedy answer",
+        f"The one the gold labeler scores highest wins {interval(picks['gold_best'])}",
+        f"the RM agrees with the gold order on "
+        f"{pct(metrics['best_of_n']['rm_accuracy_on_gold_ordered_sample_pairs'])}",
+        f"the reward model's pick of 8 of the SFT model's samples wins only "
+        f"{pct(picks['rm_best']['rate'])} against its greedy answer",
+    ]
+    ppo, ptx = metrics["ppo"]["ppo"], metrics["ppo"]["ppo_ptx"]
+    quoted.append(
+        f"PPO raises the held-out RM score ({ppo['sft_eval_score']:.2f} -> "
+        f"{ppo['eval_score']:.2f}; PPO-ptx {ptx['eval_score']:.2f}) at a small KL "
+        f"({ppo['eval_kl']:.3f} nats per response; PPO-ptx {ptx['eval_kl']:.2f})"
+    )
+    outcomes = models["ppo_small"]["outcomes_by_family"].values()
+    at_max = sum(row["baseline_at_max"] for row in outcomes)
+    net = sum(row["wins"] - row["losses"] for row in outcomes)
+    quoted.append(
+        f"SFT's answer is already the best there is on {at_max} of the 256 prompts (every repeat "
+        f"and harmful prompt among them), so 65% needs wins - losses >= +77 on the other "
+        f"{256 - at_max}; this run's PPO has {net:+d}"
+    )
+    nll = {name: models[name]["pretrain_nll"] for name in ("sft_small", "ppo_small")}
+    quoted.append(
+        f"PPO leaves the pretraining NLL where SFT had it ({nll['sft_small']:.3f} -> "
+        f"{nll['ppo_small']:.3f} nats/token); PPO-ptx lowers it by "
+        f"{-headline['pretrain_nll_rise']['ppo_ptx']:.3f}"
+    )
+    for text in quoted:
+        assert text in flat, text
+
+
 def test_readme_quotes_the_packed_rm_rows_on_hh():
     """experiments/results/rm_packed_rows_hh.jsonl: the HH-RLHF reward model one row per
     response and packed, run one after the other; the README's sentence is their summaries."""
