@@ -732,6 +732,89 @@ def test_packed_documents_figures_are_the_saved_runs():
     assert f"({seconds[0]} -> {seconds[1]} and {seconds[2]} -> {seconds[3]};" in comment
 
 
+def test_large_model_rm_figures_are_the_saved_run():
+    """experiments/results/instructgpt_ablations/rm_from_large_sft_model: the default run's stages
+    through rank with the RM made from the large SFT model; the page's table quotes its metrics
+    beside the default run's, and every model before PPO is the default run's."""
+    ablations = REPO / "experiments" / "results" / "instructgpt_ablations"
+    folder = ablations / "rm_from_large_sft_model"
+    load = lambda path: json.loads(path.read_text())  # noqa: E731
+    default = load(REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json")
+    large = load(folder / "metrics.json")
+    alone = load(folder / "rm_summary.json")
+    assert large["rm"]["heldout_pairwise_accuracy"] == alone["heldout_pairwise_accuracy"]
+    for name, model in large["models"].items():
+        assert (model == default["models"][name]) == (name not in ("ppo_small", "ppo_ptx_small"))
+    table = " ".join((ablations / "README.md").read_text().split())
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    interval = lambda x: f"{pct(x['rate'])} [{100 * x['low']:.1f}, {100 * x['high']:.1f}]"  # noqa: E731
+
+    def cells(m):
+        rm, bon = m["rm"], m["best_of_n"]
+        low, high = rm["heldout_accuracy_prompt_bootstrap95"]
+        families = " / ".join(
+            pct(m["rm_families"][f]["rm_accuracy"])
+            for f in ("add", "qa", "repeat", "reverse", "sort")
+        )
+        win = lambda n: interval(m["models"][n]["win_rate_vs_baseline"])  # noqa: E731
+        net = lambda n: sum(  # noqa: E731
+            r["wins"] - r["losses"] for r in m["models"][n]["outcomes_by_family"].values()
+        )
+        kl = m["ppo"]["ppo"]["eval_kl"], m["ppo"]["ppo_ptx"]["eval_kl"]
+        return {
+            "acc": f"{pct(rm['heldout_pairwise_accuracy'])} [{100 * low:.1f}, {100 * high:.1f}]",
+            "families": families,
+            "sample_pairs": pct(bon["rm_accuracy_on_gold_ordered_sample_pairs"]),
+            "pick": interval(bon["win_rate_vs_sft_greedy"]["rm_best"]),
+            "win": f"{win('ppo_small')} / {win('ppo_ptx_small')}",
+            "net": f"{net('ppo_small'):+d} / {net('ppo_ptx_small'):+d}",
+            "kl": f"{kl[0]:.3f} / {kl[1]:.3f}",
+        }
+
+    small, big = cells(default), cells(large)
+    agreement = default["headline"]["labeler_agreement"]
+    assert agreement == large["headline"]["labeler_agreement"]
+    gold = pct(default["best_of_n"]["win_rate_vs_sft_greedy"]["gold_best"]["rate"])
+    for label, key in (
+        (
+            f"RM held-out accuracy [95% prompt bootstrap] (labelers agree on {pct(agreement)})",
+            "acc",
+        ),
+        ("RM accuracy on add / qa / repeat / reverse / sort", "families"),
+        ("RM agrees with the gold order on pairs of SFT samples", "sample_pairs"),
+        (
+            f"best of 8 SFT samples: the RM's pick vs greedy SFT (the gold labeler's: {gold})",
+            "pick",
+        ),
+        ("**PPO** / **PPO-ptx** win rate vs SFT", "win"),
+        ("PPO / PPO-ptx: wins - losses (65% needs +77)", "net"),
+        ("PPO / PPO-ptx: held-out KL from SFT, nats per response", "kl"),
+    ):
+        line = f"| {label} | {small[key]} | {big[key]} |"
+        assert line in table, line
+    rm_small, rm_large = (m["rm"]["heldout_pairwise_accuracy"] for m in (default, large))
+    assert (
+        f"by {100 * (rm_large - rm_small):.1f} points ({100 * (agreement - rm_large):.1f} below "
+        f"the labelers' agreement instead of {100 * (agreement - rm_small):.1f})"
+    ) in table
+    seconds = default["stages_wall_s"]["rm"], alone["wall_s"]
+    line = (
+        f"| RM stage on this host, s | {seconds[0]:.1f} (in the default run) | "
+        f"{seconds[1]:.1f} (alone) |"
+    )
+    assert line in table, line
+    assert f"costs {seconds[1] / seconds[0]:.1f}x the RM stage's time" in table
+    readme = " ".join((REPO / "README.md").read_text().split())
+    pick = lambda m: pct(m["best_of_n"]["win_rate_vs_sft_greedy"]["rm_best"]["rate"])  # noqa: E731
+    win = lambda m, n: pct(m["models"][n]["win_rate_vs_baseline"]["rate"])  # noqa: E731
+    quoted = (
+        f"RM {pct(rm_large)} instead of {pct(rm_small)}, its pick of 8 SFT samples {pick(large)} "
+        f"instead of {pick(default)}, and PPO still level with SFT ({win(large, 'ppo_small')}; "
+        f"PPO-ptx {win(large, 'ppo_ptx_small')})"
+    )
+    assert quoted in readme, quoted
+
+
 def test_packed_ptx_figures_are_the_saved_runs():
     """experiments/results/instructgpt_ablations/packed_ptx: the ppo_ptx stage on padded and on
     packed pretraining rows, alternating; the ablation page's table and the preset's comment
