@@ -72,6 +72,70 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, message):
     assert [r["id"] for r in kept] == ["demos.jsonl:1"] and stats.skipped
 
 
+QA = {
+    "question": "q?",
+    "passages": [["Title", "A sentence."]],
+    **{f"prediction {i}": f"answer {i}" for i in range(1, 5)},
+    "preference": [1, 1, 1, 0, 2, 1],
+}
+BAD_RECORDS_BY_PARSER = [
+    ("ranking", [1, 2], "expected a JSON object, got list"),
+    ("ranking", {"prompt": 3, "chosen": "a", "rejected": "b"}, "field 'prompt' must be a string"),
+    ("ranking", {"prompt": "p", "responses": "ab", "ranking": [0, 1]}, "must be lists"),
+    ("ranking", {"prompt": "p", "responses": ["a", 2], "ranking": [0, 1]}, "response 1 must be"),
+    ("ranking", {"prompt": "p", "responses": ["a", "b"], "ranking": [True, 0]}, "hold numbers"),
+    ("hh", {"chosen": "Human: a", "rejected": "Human: b"}, "no shared"),
+    ("alpaca", {"instruction": "i", "instances": []}, "'instances' must be a non-empty list"),
+    ("alpaca", {"instruction": "i", "instances": ["x"]}, "each instance must be an object"),
+    ("alpaca", {"instruction": "i", "input": "", "output": " "}, "field 'output' is empty"),
+    ("demonstration", {"prompt": "p"}, "missing field 'response'"),
+    ("qa_feedback", {**QA, "passages": [[]]}, "each passage must be a non-empty list"),
+    ("qa_feedback", {**QA, "preference": [1, 1]}, "a list of 6 labels"),
+    ("qa_feedback", {**QA, "preference": [1, 1, 1, 0, 2, 3]}, "label 3 is not 0, 1 or 2"),
+    ("qa_feedback", {**QA, "preference": [0] * 6}, "all tied"),
+    ("qa_feedback_gold", {**QA, "gold": ""}, "field 'gold' is empty"),
+]
+
+
+@pytest.mark.parametrize("parser, bad, message", BAD_RECORDS_BY_PARSER)
+def test_every_parser_names_what_is_wrong_with_a_record(tmp_path, parser, bad, message):
+    good = {
+        "ranking": GOOD_RANKING,
+        "hh": {
+            "chosen": "\n\nHuman: hi\n\nAssistant: yes",
+            "rejected": "\n\nHuman: hi\n\nAssistant: no",
+        },
+        "alpaca": {"instruction": "i", "input": "", "output": "o"},
+        "demonstration": {"prompt": "p", "response": "r"},
+        "qa_feedback": QA,
+        "qa_feedback_gold": {**QA, "gold": "g"},
+    }[parser]
+    parse = records.PARSERS[parser]
+    assert parse(good)  # the good record parses, so the bad one fails for the reason named
+    path = write_jsonl(tmp_path / "data.jsonl", [good, bad])
+    with pytest.raises(records.RecordError, match=rf"data\.jsonl: record 2: .*{message}"):
+        list(records.read_records(path, parse))
+    stats = records.ReadStats()
+    kept = list(records.read_records(path, parse, skip_bad=True, stats=stats))
+    assert kept and all(r["id"].partition(":")[2].split(".")[0] == "1" for r in kept)
+    assert stats.kept == 1 and sum(stats.skipped.values()) == 1
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xff\xfe[]", "not UTF-8"),
+        (b'[{"prompt": "p"', "malformed JSON"),
+        (b'{"prompt": "p", "response": "r"}', "expected a JSON list of records, got dict"),
+    ],
+)
+def test_bad_json_list_file_is_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "records.json"
+    path.write_bytes(content)
+    with pytest.raises(records.RecordError, match=rf"records\.json: {message}"):
+        list(records.read_records(path, records.parse_demonstration))
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         list(records.read_records(tmp_path / "nope.jsonl", records.parse_ranking))
@@ -375,6 +439,50 @@ def test_too_many_responses_is_an_error(tokenizer):
     spec = pipeline.SequenceSpec(max_len=24, max_prompt_len=12, max_responses=2)
     with pytest.raises(records.RecordError, match="record r1: 3 responses but max_responses=2"):
         pipeline.TokenizeComparison(tokenizer, spec).map(comparisons(2)[1])
+
+
+def test_prompt_rows_are_left_padded_and_an_overlong_prompt_keeps_its_end(tokenizer):
+    transform = pipeline.TokenizePrompt(tokenizer, max_prompt_len=8)
+    short = transform.map({"prompt": "Human: hi"})
+    ids = [*tokenizer.prefix_ids, *tokenizer.encode("Human: hi")]
+    assert short["mask_p"].tolist() == [False] * (8 - len(ids)) + [True] * len(ids)
+    assert short["tokens_p"][-len(ids) :].tolist() == ids and short["truncated"] == 0
+    assert (short["tokens_p"][: 8 - len(ids)] == tokenizer.pad_id).all()
+    long_prompt = "Human: " + " ".join(f"question {i}?" for i in range(30))
+    long = transform.map({"prompt": long_prompt})
+    assert long["mask_p"].all() and long["truncated"] == 1 and long["skipped"] == 0
+    room = 8 - len(tokenizer.prefix_ids)
+    assert long["tokens_p"][-room:].tolist() == tokenizer.encode(long_prompt)[-room:]
+
+
+def test_an_overlong_ranked_response_with_skip_weighs_nothing(tokenizer):
+    spec = pipeline.SequenceSpec(max_len=16, max_prompt_len=8, max_responses=3, overlong="skip")
+    long = " ".join(f"answer number {i}." for i in range(20))
+    record = {"id": "r", "prompt": "Human: hi", "responses": [" a", long, " b"]}
+    record["pairs"] = [(0, 1), (2, 1), (0, 2)]
+    element = pipeline.TokenizeComparison(tokenizer, spec).map(record)
+    assert element["skipped"] == 1
+    assert not element["mask_kt"].any() and not element["valid_k"].any()
+    assert not element["prefers_kk"].any()
+    fits = pipeline.TokenizeComparison(tokenizer, spec).map({**record, "responses": [" a"] * 3})
+    assert fits["skipped"] == 0 and fits["valid_k"].all() and fits["prefers_kk"].sum() == 3
+
+
+def test_sequence_spec_and_dataset_arguments_are_checked(tokenizer):
+    with pytest.raises(ValueError, match="overlong='drop'; expected one of"):
+        pipeline.SequenceSpec(16, 8, overlong="drop")
+    with pytest.raises(ValueError, match="max_prompt_len=16 must be in"):
+        pipeline.SequenceSpec(16, 16)
+    with pytest.raises(ValueError, match="max_responses=1 must be >= 2"):
+        pipeline.SequenceSpec(16, 8, max_responses=1)
+    transform = pipeline.TokenizeDemonstration(tokenizer, pipeline.SequenceSpec(16, 8))
+    data = [{"prompt": "Human: hi", "response": " yo"}] * 4
+    with pytest.raises(ValueError, match="batch_size=3 does not divide over 2 processes"):
+        pipeline.make_dataset(
+            data, transform, batch_size=3, seed=0, process_index=0, process_count=2
+        )
+    with pytest.raises(ValueError, match="The data source is empty"):
+        pipeline.make_dataset([], transform, batch_size=4, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------

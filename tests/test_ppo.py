@@ -515,6 +515,44 @@ def test_iteration_hands_every_ptx_field_to_the_update():
     assert seen[1] is None and metrics == {"loss": 0.0}
 
 
+def test_update_config_and_batch_errors():
+    with pytest.raises(ValueError, match="epochs and minibatches must be >= 1"):
+        ppo.PPOConfig(epochs=0)
+    with pytest.raises(ValueError, match="ptx_coef, entropy_coef and value_coef must be >= 0"):
+        ppo.PPOConfig(entropy_coef=-0.1)
+    models, params, config, _ = make_setup()
+    experience = rollout_lib.make_rollout(models, config)(
+        params, *prompts(), jnp.float32(0.05), jax.random.key(1)
+    )
+    state, _, update_fn = make_iteration(models, config, params=params, ptx_coef=0.5)
+    with pytest.raises(ValueError, match="ptx_coef > 0 needs a ptx_batch"):
+        update_fn(state, experience, None, jax.random.key(2))
+    with pytest.raises(ValueError, match="ptx batch 3 is not divisible by 2 minibatches"):
+        update_fn(state, experience, ptx_batch(3), jax.random.key(2))
+    odd = jax.tree_util.tree_map(lambda x: x[:7] if x.ndim else x, experience)
+    state, _, update_fn = make_iteration(models, config, params=params)
+    with pytest.raises(ValueError, match="Rollout batch 7 is not divisible by 2 minibatches"):
+        update_fn(state, odd, None, jax.random.key(2))
+
+
+def test_entropy_bonus_keeps_the_policy_more_random():
+    """With `entropy_coef` > 0 the policy's sampling entropy ends higher than without it, on the
+    same rollouts' reward (the target-token reward, which rewards collapsing onto one token)."""
+    models, params, config, _ = make_setup(reward=target_fraction)
+    entropies = {}
+    for coef in (0.0, 0.5):
+        state, rollout_fn, update_fn = make_iteration(
+            models, config, params=params, entropy_coef=coef
+        )
+        iteration = ppo.make_iteration(rollout_fn, update_fn, params.reference, None)
+        batch = iteration_batch(*prompts(16))
+        for _ in range(12):
+            state, metrics = iteration(state, batch, state_lib.step_rng(state))
+        total, count = jax.device_get(metrics["entropy"])
+        entropies[coef] = total / count
+    assert entropies[0.5] > entropies[0.0] + 0.1, entropies
+
+
 def test_ppo_state_checkpoint_keeps_kl_value_and_both_optimizers(tmp_path):
     from rlhf_jax.training.checkpoint import Checkpointer, abstract_like
 
