@@ -94,6 +94,21 @@ def test_checkpoint_errors_are_clear(tmp_path):
     state.pop("transformer.h.1.mlp.c_fc.weight")
     with pytest.raises(ValueError, match="missing h.1.mlp.c_fc.weight"):
         hf.params_from_hf(state, config)
+    # A tensor of another shape than the config's (a checkpoint of another size) is named too.
+    state = hf.params_to_hf(params, config)
+    state["transformer.h.0.mlp.c_fc.weight"] = state["transformer.h.0.mlp.c_fc.weight"][:, :-4]
+    with pytest.raises(
+        ValueError, match=r"h\.0\.mlp\.c_fc\.weight is \(32, 124\), expected \(32, 128\)"
+    ):
+        hf.params_from_hf(state, config)
+    # A transposed torch Linear weight has the right size but not the right shape: named too.
+    _, config, params = reference_model("llama")
+    state = hf.params_to_hf(params, config)
+    name = "model.layers.0.mlp.gate_proj.weight"
+    rows, cols = state[name].shape
+    state[name] = state[name].T
+    with pytest.raises(ValueError, match=rf"{name} is \({cols}, {rows}\), expected"):
+        hf.params_from_hf(state, config)
     with pytest.raises(ValueError, match="Unknown model_type 'bert'"):
         hf.config_from_hf(transformers.BertConfig())
 

@@ -305,30 +305,32 @@ class Entry:
     """One transformers tensor and the rlhf_jax leaves it becomes.
 
     to_ours maps the transformers array to a tuple of our arrays (one per path); to_hf inverts it.
+    hf_shape is the transformers tensor's shape under the config (checked on load).
     """
 
     hf_name: str
     paths: tuple[tuple[str, ...], ...]
     to_ours: Callable[[np.ndarray], tuple[np.ndarray, ...]]
     to_hf: Callable[..., np.ndarray]
+    hf_shape: tuple[int, ...]
 
 
-def _same(name: str, path: tuple[str, ...]) -> Entry:
-    return Entry(name, (path,), lambda a: (a,), lambda a: a)
+def _same(name: str, path: tuple[str, ...], shape: tuple[int, ...]) -> Entry:
+    return Entry(name, (path,), lambda a: (a,), lambda a: a, shape)
 
 
 def _gpt2_entries(cfg: TransformerConfig) -> Iterator[Entry]:
-    e, h, d = cfg.embed_dim, cfg.num_heads, cfg.head_dim
+    e, h, d, f = cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
     dec = ("decoder",)
-    yield _same("wte.weight", dec + ("embed", "embedding"))
-    yield _same("wpe.weight", dec + ("pos_embed", "embedding"))
-    yield _same("ln_f.weight", dec + ("final_norm", "scale"))
-    yield _same("ln_f.bias", dec + ("final_norm", "bias"))
+    yield _same("wte.weight", dec + ("embed", "embedding"), (cfg.vocab_size, e))
+    yield _same("wpe.weight", dec + ("pos_embed", "embedding"), (cfg.max_len, e))
+    yield _same("ln_f.weight", dec + ("final_norm", "scale"), (e,))
+    yield _same("ln_f.bias", dec + ("final_norm", "bias"), (e,))
     for i in range(cfg.num_layers):
         hf, ours = f"h.{i}.", dec + (f"layer_{i}",)
         for hf_ln, our_ln in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
-            yield _same(f"{hf}{hf_ln}.weight", ours + (our_ln, "scale"))
-            yield _same(f"{hf}{hf_ln}.bias", ours + (our_ln, "bias"))
+            yield _same(f"{hf}{hf_ln}.weight", ours + (our_ln, "scale"), (e,))
+            yield _same(f"{hf}{hf_ln}.bias", ours + (our_ln, "bias"), (e,))
         qkv = tuple(ours + ("attn", n) for n in ("query", "key", "value"))
         # Conv1D stores [in, out]; c_attn's out axis is q | k | v, each heads x head_dim.
         yield Entry(
@@ -336,24 +338,27 @@ def _gpt2_entries(cfg: TransformerConfig) -> Iterator[Entry]:
             tuple(p + ("kernel",) for p in qkv),
             lambda a: tuple(x.reshape(e, h, d) for x in np.split(a, 3, axis=1)),
             lambda *xs: np.concatenate([x.reshape(e, h * d) for x in xs], axis=1),
+            (e, 3 * h * d),
         )
         yield Entry(
             f"{hf}attn.c_attn.bias",
             tuple(p + ("bias",) for p in qkv),
             lambda a: tuple(x.reshape(h, d) for x in np.split(a, 3)),
             lambda *xs: np.concatenate([x.reshape(h * d) for x in xs]),
+            (3 * h * d,),
         )
         yield Entry(
             f"{hf}attn.c_proj.weight",
             (ours + ("attn", "out", "kernel"),),
             lambda a: (a.reshape(h, d, e),),
             lambda a: a.reshape(h * d, e),
+            (h * d, e),
         )
-        yield _same(f"{hf}attn.c_proj.bias", ours + ("attn", "out", "bias"))
-        yield _same(f"{hf}mlp.c_fc.weight", ours + ("mlp", "up", "kernel"))
-        yield _same(f"{hf}mlp.c_fc.bias", ours + ("mlp", "up", "bias"))
-        yield _same(f"{hf}mlp.c_proj.weight", ours + ("mlp", "down", "kernel"))
-        yield _same(f"{hf}mlp.c_proj.bias", ours + ("mlp", "down", "bias"))
+        yield _same(f"{hf}attn.c_proj.bias", ours + ("attn", "out", "bias"), (e,))
+        yield _same(f"{hf}mlp.c_fc.weight", ours + ("mlp", "up", "kernel"), (e, f))
+        yield _same(f"{hf}mlp.c_fc.bias", ours + ("mlp", "up", "bias"), (f,))
+        yield _same(f"{hf}mlp.c_proj.weight", ours + ("mlp", "down", "kernel"), (f, e))
+        yield _same(f"{hf}mlp.c_proj.bias", ours + ("mlp", "down", "bias"), (e,))
 
 
 def _linear(
@@ -366,25 +371,27 @@ def _linear(
         (path,),
         lambda a: (a.T.reshape(*in_dims, *out_dims),),
         lambda a: a.reshape(n_in, n_out).T,
+        (n_out, n_in),
     )
 
 
 def _bias(name: str, path: tuple[str, ...], dims: tuple[int, ...]) -> Entry:
-    return Entry(name, (path,), lambda a: (a.reshape(dims),), lambda a: a.reshape(-1))
+    size = int(np.prod(dims))
+    return Entry(name, (path,), lambda a: (a.reshape(dims),), lambda a: a.reshape(-1), (size,))
 
 
 def _llama_entries(cfg: TransformerConfig) -> Iterator[Entry]:
     e, h, k, d, f = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
     dec = ("decoder",)
-    yield _same("model.embed_tokens.weight", dec + ("embed", "embedding"))
-    yield _same("model.norm.weight", dec + ("final_norm", "scale"))
+    yield _same("model.embed_tokens.weight", dec + ("embed", "embedding"), (cfg.vocab_size, e))
+    yield _same("model.norm.weight", dec + ("final_norm", "scale"), (e,))
     if not cfg.tie_embeddings:
         yield _linear("lm_head.weight", ("lm_head", "kernel"), (e,), (cfg.vocab_size,))
     for i in range(cfg.num_layers):
         hf, ours = f"model.layers.{i}.", dec + (f"layer_{i}",)
         attn = ours + ("attn",)
-        yield _same(f"{hf}input_layernorm.weight", ours + ("attn_norm", "scale"))
-        yield _same(f"{hf}post_attention_layernorm.weight", ours + ("mlp_norm", "scale"))
+        yield _same(f"{hf}input_layernorm.weight", ours + ("attn_norm", "scale"), (e,))
+        yield _same(f"{hf}post_attention_layernorm.weight", ours + ("mlp_norm", "scale"), (e,))
         for proj, ours_name, heads in (
             ("q_proj", "query", h),
             ("k_proj", "key", k),
@@ -397,7 +404,7 @@ def _llama_entries(cfg: TransformerConfig) -> Iterator[Entry]:
                 yield _bias(f"{hf}self_attn.{proj}.bias", attn + (ours_name, "bias"), (heads, d))
         yield _linear(f"{hf}self_attn.o_proj.weight", attn + ("out", "kernel"), (h, d), (e,))
         if cfg.out_bias:
-            yield _same(f"{hf}self_attn.o_proj.bias", attn + ("out", "bias"))
+            yield _same(f"{hf}self_attn.o_proj.bias", attn + ("out", "bias"), (e,))
         for proj, ours_name, dims in (
             ("gate_proj", "gate", ((e,), (f,))),
             ("up_proj", "up", ((e,), (f,))),
@@ -405,15 +412,15 @@ def _llama_entries(cfg: TransformerConfig) -> Iterator[Entry]:
         ):
             yield _linear(f"{hf}mlp.{proj}.weight", ours + ("mlp", ours_name, "kernel"), *dims)
             if cfg.mlp_bias:
-                yield _same(f"{hf}mlp.{proj}.bias", ours + ("mlp", ours_name, "bias"))
+                yield _same(f"{hf}mlp.{proj}.bias", ours + ("mlp", ours_name, "bias"), dims[1])
 
 
 def _gpt_neox_entries(cfg: TransformerConfig) -> Iterator[Entry]:
     e, h, d, f = cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
     dec = ("decoder",)
-    yield _same("gpt_neox.embed_in.weight", dec + ("embed", "embedding"))
-    yield _same("gpt_neox.final_layer_norm.weight", dec + ("final_norm", "scale"))
-    yield _same("gpt_neox.final_layer_norm.bias", dec + ("final_norm", "bias"))
+    yield _same("gpt_neox.embed_in.weight", dec + ("embed", "embedding"), (cfg.vocab_size, e))
+    yield _same("gpt_neox.final_layer_norm.weight", dec + ("final_norm", "scale"), (e,))
+    yield _same("gpt_neox.final_layer_norm.bias", dec + ("final_norm", "bias"), (e,))
     if not cfg.tie_embeddings:
         yield _linear("lm_head.weight", ("lm_head", "kernel"), (e,), (cfg.vocab_size,))
     for i in range(cfg.num_layers):
@@ -422,8 +429,8 @@ def _gpt_neox_entries(cfg: TransformerConfig) -> Iterator[Entry]:
             ("input_layernorm", "attn_norm"),
             ("post_attention_layernorm", "mlp_norm"),
         ):
-            yield _same(f"{hf}{hf_ln}.weight", ours + (our_ln, "scale"))
-            yield _same(f"{hf}{hf_ln}.bias", ours + (our_ln, "bias"))
+            yield _same(f"{hf}{hf_ln}.weight", ours + (our_ln, "scale"), (e,))
+            yield _same(f"{hf}{hf_ln}.bias", ours + (our_ln, "bias"), (e,))
         qkv = tuple(ours + ("attn", n) for n in ("query", "key", "value"))
         # The fused projection's output is laid out per head: [heads, (q | k | v), head_dim].
         yield Entry(
@@ -431,6 +438,7 @@ def _gpt_neox_entries(cfg: TransformerConfig) -> Iterator[Entry]:
             tuple(p + ("kernel",) for p in qkv),
             lambda a: tuple(a.reshape(h, 3, d, e)[:, j].transpose(2, 0, 1) for j in range(3)),
             lambda *xs: np.stack([x.transpose(1, 2, 0) for x in xs], axis=1).reshape(3 * h * d, e),
+            (3 * h * d, e),
         )
         if cfg.qkv_bias:
             yield Entry(
@@ -438,16 +446,17 @@ def _gpt_neox_entries(cfg: TransformerConfig) -> Iterator[Entry]:
                 tuple(p + ("bias",) for p in qkv),
                 lambda a: tuple(a.reshape(h, 3, d)[:, j] for j in range(3)),
                 lambda *xs: np.stack(xs, axis=1).reshape(-1),
+                (3 * h * d,),
             )
         yield _linear(f"{hf}attention.dense.weight", ours + ("attn", "out", "kernel"), (h, d), (e,))
         if cfg.out_bias:
-            yield _same(f"{hf}attention.dense.bias", ours + ("attn", "out", "bias"))
+            yield _same(f"{hf}attention.dense.bias", ours + ("attn", "out", "bias"), (e,))
         for hf_name, our_name, dims in (
             ("dense_h_to_4h", "up", ((e,), (f,))),
             ("dense_4h_to_h", "down", ((f,), (e,))),
         ):
             yield _linear(f"{hf}mlp.{hf_name}.weight", ours + ("mlp", our_name, "kernel"), *dims)
-            yield _same(f"{hf}mlp.{hf_name}.bias", ours + ("mlp", our_name, "bias"))
+            yield _same(f"{hf}mlp.{hf_name}.bias", ours + ("mlp", our_name, "bias"), dims[1])
 
 
 def weight_entries(config: TransformerConfig) -> list[Entry]:
@@ -502,11 +511,11 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], config: TransformerConfig)
         if entry.hf_name not in tensors:
             missing.append(entry.hf_name)
             continue
-        try:
-            arrays = entry.to_ours(np.asarray(tensors[entry.hf_name]))
-        except ValueError as err:
-            bad_shapes.append(f"{entry.hf_name} {tensors[entry.hf_name].shape}: {err}")
+        shape = tuple(tensors[entry.hf_name].shape)
+        if shape != entry.hf_shape:
+            bad_shapes.append(f"{entry.hf_name} is {shape}, expected {entry.hf_shape}")
             continue
+        arrays = entry.to_ours(np.asarray(tensors[entry.hf_name]))
         for path, array in zip(entry.paths, arrays, strict=True):
             node = params
             for key in path[:-1]:
