@@ -302,6 +302,30 @@ def test_alpaca_builder_from_manual_dir(tmp_path):
 
 
 @needs_shared
+def test_qa_feedback_builders_on_shared_dev_file(tmp_path):
+    """qa_feedback/comparisons and qa_feedback/gold from the shared dev file (the train file is
+    optional: no train split without it)."""
+    manual = SHARED / "finegrained-rlhf-qa-feedback"
+    comparisons = sources.open_source(
+        "qa_feedback/comparisons",
+        "dev",
+        data_dir=tmp_path,
+        manual_dir=manual,
+        skip_bad_records=True,
+    )
+    skipped = sum(comparisons.dataset_info.metadata["skipped"].values())
+    assert len(comparisons) + skipped == 500
+    assert sum(len(comparisons[i]["pairs"]) for i in range(len(comparisons))) == 2616
+    record = comparisons[0]
+    assert record["prompt"].decode().startswith("question: ")
+    assert record["prompt"].decode().endswith(" answer:") and len(record["responses"]) == 4
+    gold = sources.open_source("qa_feedback/gold", "dev", data_dir=tmp_path, manual_dir=manual)
+    assert len(gold) == 500 and gold[0]["response"].decode().startswith(" ")
+    with pytest.raises(ValueError, match=r"Unknown split 'train'. Should be one of \['dev'\]"):
+        sources.open_source("qa_feedback/gold", "train", data_dir=tmp_path, manual_dir=manual)
+
+
+@needs_shared
 def test_self_instruct_seed_builder_on_shared_file(tmp_path):
     source = sources.open_source(
         "alpaca/self_instruct_seed",

@@ -95,6 +95,10 @@ def test_impossible_layouts_fail_with_one_line_errors():
         sharding.make_mesh(data=3, fsdp=2, tensor=2)
     with pytest.raises(ValueError, match="Cannot fill mesh axis 'data'"):
         sharding.make_mesh(data=-1, fsdp=3)
+    with pytest.raises(ValueError, match="Only one mesh axis may be -1"):
+        sharding.make_mesh(data=-1, fsdp=-1)
+    with pytest.raises(ValueError, match="Mesh axis sizes must be positive"):
+        sharding.make_mesh(data=0, fsdp=8)
     mesh = sharding.make_mesh(data=1, fsdp=2, tensor=4)
     config = TransformerConfig.gpt2(vocab_size=64, num_layers=1, num_heads=6, embed_dim=48)
     with pytest.raises(
@@ -116,3 +120,5 @@ def test_impossible_layouts_fail_with_one_line_errors():
         sharding.logical_shardings(specs, mesh, shapes=shapes)
     with pytest.raises(ValueError, match="Batch size 13 is not divisible by data x fsdp = 1 x 2"):
         sharding.put_batch(np.zeros((13, 3)), mesh)
+    with pytest.raises(ValueError, match=r"Batch leaves disagree on the batch size: \[4, 8\]"):
+        sharding.put_batch({"tokens": np.zeros((8, 3)), "ptx_tokens": np.zeros((4, 3))}, mesh)
