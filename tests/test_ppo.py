@@ -1,6 +1,8 @@
 """PPO: GAE against a NumPy loop, losses against hand-computed values, reward placement, frozen
 rollout statistics, one compiled program per phase, sharded == single device, and learning."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -281,11 +283,30 @@ def test_policy_equal_to_reference_gives_zero_kl():
     assert np.all(deviation.ravel()[1:] > 1e-4)
 
 
+def test_score_is_shifted_scaled_then_clipped_before_the_eos_penalty():
+    models, params, config, _ = make_setup(missing_eos_penalty=-3.0)
+    config = dataclasses.replace(config, score_shift=0.2, score_scale=0.05, score_clip=1.5)
+    tokens, mask = prompts(16)
+    out = rollout_lib.make_rollout(models, config)(
+        params, tokens, mask, jnp.float32(0.1), jax.random.key(7)
+    )
+    normalised = (np.asarray(out.raw_score_b) - 0.2) / 0.05
+    assert (np.abs(normalised) > 1.5).any() and (np.abs(normalised) < 1.5).any()
+    expected = np.clip(normalised, -1.5, 1.5) + np.where(np.asarray(out.has_eos_b), 0.0, -3.0)
+    np.testing.assert_allclose(out.score_b, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_rollout_config_errors():
     with pytest.raises(ValueError, match="eos_ids"):
         rollout_lib.RolloutConfig(SamplingConfig(max_new_tokens=4), missing_eos_penalty=-1.0)
     with pytest.raises(ValueError, match="score_scale"):
         rollout_lib.RolloutConfig(SamplingConfig(max_new_tokens=4), score_scale=0.0)
+    with pytest.raises(ValueError, match="score_clip must be > 0 or None"):
+        rollout_lib.RolloutConfig(SamplingConfig(max_new_tokens=4), score_clip=0.0)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        SamplingConfig(max_new_tokens=4, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        SamplingConfig(max_new_tokens=4, top_k=-1)
 
 
 # ---------------------------------------------------------------------------------------------
