@@ -250,6 +250,53 @@ def test_nonfinite_loss_skips_the_update():
     assert int(new_state.step) == 1
 
 
+def test_loop_stops_on_nan_losses_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A window of steps with non-finite losses beyond `max_nonfinite` stops the run with
+    NonFiniteLossError; the checkpoint before them holds the good state (nothing is lost)."""
+    import grain
+
+    from rlhf_jax.training.checkpoint import Checkpointer, abstract_like
+    from rlhf_jax.training.loop import LoopConfig, NonFiniteLossError, train_loop
+    from rlhf_jax.training.metrics_writer import MetricWriter
+
+    def loss_nan_on_flagged_batches(**kwargs):
+        # sft_loss ignores column 0 of the loss mask; a batch flags itself there.
+        flagged = jnp.any(kwargs["loss_mask_bt"][:, 0])
+        loss, metrics = losses.sft_loss(**kwargs)
+        scale = jnp.where(flagged, jnp.nan, 1.0)
+        return loss * scale, {**metrics, "loss": (metrics["loss"][0] * scale, metrics["loss"][1])}
+
+    _, params, _, tx, step = make_sft(loss_fn=loss_nan_on_flagged_batches)
+    batches = []
+    for i in range(6):
+        batch = sft_batch(seed=i)
+        batch["loss_mask_bt"][:, 0] = i >= 2  # steps 3.. have NaN losses
+        batch["truncated_b"] = batch["skipped_b"] = np.zeros(8, np.int32)
+        batches.append(batch)
+    state = state_lib.create_state(params, tx, seed=0)
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    config = LoopConfig(num_steps=6, log_every=2, checkpoint_every=2, max_nonfinite=1)
+    with pytest.raises(NonFiniteLossError, match="2 steps of the window up to step 4 had a NaN"):
+        train_loop(
+            state=state,
+            train_step=jax.jit(step),
+            train_iter=iter(grain.MapDataset.source(batches).to_iter_dataset()),
+            place_batch=lambda b: b,
+            config=config,
+            checkpointer=checkpointer,
+            writer=MetricWriter(tmp_path),
+        )
+    assert checkpointer.latest_step() == 2
+    good = state
+    for batch in batches[:2]:
+        good, _ = jax.jit(step)(good, batch, state_lib.step_rng(good))
+    shardings = jax.tree_util.tree_map(lambda x: x.sharding, good)
+    restored, _ = checkpointer.restore(abstract_like(good, shardings), None)
+    checkpointer.close()
+    assert int(restored.step) == 2
+    chex.assert_trees_all_close(restored.params, good.params, atol=1e-6)
+
+
 def test_reward_bias_normalisation():
     model, params, _, _, _ = make_rm()
     batch = sft_batch()
