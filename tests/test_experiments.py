@@ -185,6 +185,32 @@ def test_gpt2_config_runs_sft_from_a_local_checkpoint(tmp_path):
     assert any(jax.tree.leaves(changed))  # trained from the checkpoint, not from scratch
 
 
+def test_a_batch_that_does_not_split_over_the_mesh_is_a_clear_error(tmp_path):
+    """experiments.sft refuses a batch size that data x fsdp x grad_accum does not divide, before
+    any step runs (8 fake devices here: the mesh's data axis takes all 8)."""
+    rows = [{"prompt": f"Human: say {i}.", "response": f" {i}"} for i in range(24)]
+    data = tmp_path / "demos.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = hh_tiny.get_config("sft")
+    config.data.update(
+        name="jsonl/mesh_test",
+        jsonl_kind="demonstrations",
+        train_split="train[:16]",
+        eval_split="train[16:]",
+        data_dir=str(tmp_path / "tfds"),
+        max_len=16,
+        max_prompt_len=8,
+    )
+    config.data.jsonl_files = {"train": str(data)}
+    config.tokenizer.vocab_size = 300
+    config.model.update(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, max_len=16)
+    config.train.update(batch_size=12, grad_accum=1, num_steps=2)
+    message = r"train.batch_size=12 must be a multiple of data x fsdp \(8\) x grad_accum \(1\)"
+    with pytest.raises(ValueError, match=message):
+        sft_experiment.run(config, str(tmp_path / "sft"))
+    assert not (tmp_path / "sft" / "checkpoints").exists()
+
+
 def test_sft_row_layouts_and_their_errors():
     """experiments.sft's data options: one padded row each, whole records packed per row (the
     summary counts them), a stream cut into rows; the two packings exclude each other."""
