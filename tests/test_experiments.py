@@ -17,6 +17,22 @@ from rlhf_jax.training import export, reward
 from tests.hf_reference import reference_model
 
 
+def use_jsonl_rows(config, tmp_path, name: str, kind: str, rows: list, train: int, **data) -> None:
+    """Points `config.data` at `rows` written as a JSONL file: jsonl/`name` of `kind`, the first
+    `train` records for training and the rest for evaluation, plus the other `data` fields."""
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config.data.update(
+        name=f"jsonl/{name}",
+        jsonl_kind=kind,
+        train_split=f"train[:{train}]",
+        eval_split=f"train[{train}:]",
+        data_dir=str(tmp_path / "tfds"),
+        **data,
+    )
+    config.data.jsonl_files = {"train": str(path)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["response_rows", "packed_rows"])
 def test_reward_experiment_runs_and_normalises(tmp_path, layout):
@@ -31,20 +47,18 @@ def test_reward_experiment_runs_and_normalises(tmp_path, layout):
                 "ranking": ranking,
             }
         )
-    data = tmp_path / "cmp.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = hh_tiny.get_config("reward")
-    config.data.update(
-        name="jsonl/rm_test",
-        jsonl_kind="comparisons",
-        train_split="train[:40]",
-        eval_split="train[40:]",
-        data_dir=str(tmp_path / "tfds"),
+    use_jsonl_rows(
+        config,
+        tmp_path,
+        "rm_test",
+        "comparisons",
+        rows,
+        40,
         max_len=24,
         max_prompt_len=16,
         max_responses=3,
     )
-    config.data.jsonl_files = {"train": str(data)}
     config.reward.reference_split = "train[:40]"
     config.tokenizer.vocab_size = 300
     config.model.update(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, max_len=24)
@@ -149,8 +163,6 @@ def test_gpt2_config_runs_sft_from_a_local_checkpoint(tmp_path):
         }
         for i in range(24)
     ]
-    data = tmp_path / "demos.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tokenizer = train_bpe_tokenizer([r["prompt"] + r["response"] for r in rows] * 4, 300)
     tokenizer.save_pretrained(tmp_path / "tok")
     torch_model, _, _ = reference_model("gpt2", vocab_size=300, n_positions=64)
@@ -159,16 +171,9 @@ def test_gpt2_config_runs_sft_from_a_local_checkpoint(tmp_path):
     config = gpt2_hh.get_config("sft")
     config.model.update(name_or_path=str(tmp_path / "gpt2"), max_len=64)
     config.tokenizer.update(path=str(tmp_path / "tok"))
-    config.data.update(
-        name="jsonl/gpt2_test",
-        jsonl_kind="demonstrations",
-        train_split="train[:16]",
-        eval_split="train[16:]",
-        data_dir=str(tmp_path / "tfds"),
-        max_len=32,
-        max_prompt_len=24,
+    use_jsonl_rows(
+        config, tmp_path, "gpt2_test", "demonstrations", rows, 16, max_len=32, max_prompt_len=24
     )
-    config.data.jsonl_files = {"train": str(data)}
     config.train.update(
         batch_size=16, grad_accum=2, num_steps=3, log_every=1, eval_every=3, checkpoint_every=3
     )
@@ -189,19 +194,10 @@ def test_a_batch_that_does_not_split_over_the_mesh_is_a_clear_error(tmp_path):
     """experiments.sft refuses a batch size that data x fsdp x grad_accum does not divide, before
     any step runs (8 fake devices here: the mesh's data axis takes all 8)."""
     rows = [{"prompt": f"Human: say {i}.", "response": f" {i}"} for i in range(24)]
-    data = tmp_path / "demos.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = hh_tiny.get_config("sft")
-    config.data.update(
-        name="jsonl/mesh_test",
-        jsonl_kind="demonstrations",
-        train_split="train[:16]",
-        eval_split="train[16:]",
-        data_dir=str(tmp_path / "tfds"),
-        max_len=16,
-        max_prompt_len=8,
+    use_jsonl_rows(
+        config, tmp_path, "mesh_test", "demonstrations", rows, 16, max_len=16, max_prompt_len=8
     )
-    config.data.jsonl_files = {"train": str(data)}
     config.tokenizer.vocab_size = 300
     config.model.update(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, max_len=16)
     config.train.update(batch_size=12, grad_accum=1, num_steps=2)
