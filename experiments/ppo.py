@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any
 
 import jax
@@ -358,6 +359,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         placed = pipeline.to_global_arrays(prompts, mesh)
         return {**placed, **(pipeline.to_global_arrays(ptx, mesh) if ptx else {})}
 
+    started = time.perf_counter()
     result = train_loop(
         state=state,
         train_step=step,
@@ -376,6 +378,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         meta={"seed": config.seed},
         on_log=lambda step, train: warn_on_negative_kl(train["rollout/kl"], f"step {step}"),
     )
+    train_wall_s = time.perf_counter() - started  # the iterations, compiling and evaluations
     summary = {
         "experiment": "ppo",
         "iteration": int(result.state.step),
@@ -396,6 +399,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "ptx_nll": result.last_train.get("ptx/nll"),
         **{f"ptx_{k}": v for k, v in ptx_packing.items()},
         "generated_tokens_per_s": result.last_train.get("generated_tokens_per_s"),
+        "train_wall_s": train_wall_s,
     }
     if not result.preempted:
         common.export_causal_lm(workdir, policy_config, result.state.policy.params, tokenizer)

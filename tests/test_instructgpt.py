@@ -893,6 +893,41 @@ def test_readme_quotes_the_packed_sft_rows_on_hh():
     assert round(12 * packed_1["documents_per_row"]) == 17
 
 
+def test_readme_quotes_the_packed_ptx_rows_on_hh():
+    """experiments/results/ppo_ptx_packed_rows_hh.jsonl: HH PPO-ptx with padded and packed
+    pretraining rows in two alternating pairs; the README's sentence is their summaries."""
+    lines = (REPO / "experiments" / "results" / "ppo_ptx_packed_rows_hh.jsonl").read_text()
+    rows_1, packed_1, rows_2, packed_2 = (json.loads(line) for line in lines.splitlines())
+    for rows, packed in ((rows_1, packed_1), (rows_2, packed_2)):
+        assert "ptx_documents_per_row=4" in packed["command"] and "per_row" not in rows["command"]
+        assert "ptx_batch_size=12" in packed["command"] and rows["ptx_coef"] == 1.0
+        assert rows["iteration"] == packed["iteration"] == 60
+    # Each layout gives the same policy in both pairs; only the wall times differ.
+    for key in ("eval_pretrain_nll", "eval_score"):
+        assert rows_1[key] == rows_2[key] and packed_1[key] == packed_2[key], key
+    readme = " ".join((REPO / "README.md").read_text().split())
+    per_iteration = 12 * packed_1["ptx_documents_per_row"]
+    quoted = (
+        f"{packed_1['ptx_documents_per_row']:.2f} to a 192-token row, "
+        f"{100 * packed_1['ptx_row_fill']:.0f}% of the slots holding a token) 12 packed rows per "
+        f"iteration (~{per_iteration:.0f} dialogues) trained in {packed_1['train_wall_s']:.1f} s "
+        f"and {packed_2['train_wall_s']:.1f} s against {rows_1['train_wall_s']:.1f} s and "
+        f"{rows_2['train_wall_s']:.1f} s for 16 padded rows, at held-out pretraining NLL "
+        f"{packed_1['eval_pretrain_nll']:.3f} against {rows_1['eval_pretrain_nll']:.3f}"
+    )
+    assert quoted in readme, quoted
+    table = " ".join(
+        (REPO / "experiments/results/instructgpt_ablations/README.md").read_text().split()
+    )
+    quoted = (
+        f"PPO-ptx trained in {packed_1['train_wall_s']:.1f} s and {packed_2['train_wall_s']:.1f} s "
+        f"packed against {rows_1['train_wall_s']:.1f} s and {rows_2['train_wall_s']:.1f} s padded"
+    )
+    assert quoted in table, quoted
+    documents = round(packed_1["ptx_train_rows"] * packed_1["ptx_documents_per_row"])
+    assert f"whose {documents:,} chosen dialogues stand in for pretraining data" in readme
+
+
 def test_equal_steps_figures_are_the_saved_runs():
     """experiments/results/instructgpt_ablations, "Equal steps for both sizes": the default run
     against the packed run whose large model had half the steps; only the large model's stages

@@ -93,6 +93,7 @@ def test_ppo_experiment_runs_and_resumes_after_sigkill(tmp_path):
 
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["iteration"] == ITERATIONS and not summary["preempted"]
+    assert summary["train_wall_s"] > 0
     for key in ("eval_score", "sft_eval_score", "ptx_nll", "eval_pretrain_nll"):
         assert np.isfinite(summary[key]), key
     # The held-out pretraining NLL moved away from the SFT policy's (the alignment-tax figure).
