@@ -172,6 +172,7 @@ def write_report(config, workdir: str, summaries: dict, seconds: dict) -> dict:
         "preset": config.preset,
         "ppo_reward": config.ppo.get("reward", "model"),
         **({"world_settings": changed} if (changed := presets.world_settings(config)) else {}),
+        "world": {name: config.world[name] for name in presets.WORLD_SETTINGS},
         "win_rate_vs_sft": win,
         "rm_heldout_accuracy": rm_accuracy,
         "labeler_agreement": ceiling,
@@ -271,17 +272,17 @@ def _ptx_layout(per_row: int) -> str:
     return f"whole documents packed up to {per_row} to a row, each attending to itself"
 
 
-def _habit_columns(world_settings: dict, models: dict) -> list[tuple[str, str]]:
-    """(column title, metrics key) of the demonstrators' habits of style that `world_settings`
-    switches on, with the exact-answer rate once they are dropped (none when no habit is on, or
-    for reports older than these metrics)."""
+def _habit_columns(world: dict, models: dict) -> list[tuple[str, str]]:
+    """(column title, metrics key) of the demonstrators' habits of style that `world` (the run's
+    world settings) switches on, with the exact-answer rate once they are dropped (none when no
+    habit is on, or for reports older than these metrics)."""
     columns = [
         (title, key)
         for rate, title, key in (
             ("demo_filler_rate", "opens with a filler (harmless)", "filler_on_harmless"),
             ("demo_signoff_rate", "ends with a sign-off (harmless)", "signoff_on_harmless"),
         )
-        if world_settings.get(rate, 0) > 0
+        if world.get(rate, 0) > 0
     ]
     if columns:
         columns.append(("exact once those are dropped", "correct_without_habits"))
@@ -290,11 +291,27 @@ def _habit_columns(world_settings: dict, models: dict) -> list[tuple[str, str]]:
     return columns
 
 
+def _habits_line(world: dict) -> str:
+    """The demonstrators' habits the rankers do not share, as the run's world had them."""
+    signoff, filler, guess = (
+        f"{100 * world.get(f'demo_{name}_rate', 0):.0f}%" for name in ("signoff", "filler", "guess")
+    )
+    variants = world.get("demo_signoff_variants", 1)
+    closers = "always the same one" if variants == 1 else f"{variants} different ones"
+    return (
+        "Demonstrators' habits the rankers do not share (the gold labeler marks each down): a "
+        f"closing sign-off on {signoff} of the right answers to harmless requests ({closers}), an "
+        f"opening filler on {filler}, a guess on {guess} of the closed-domain questions the facts "
+        "do not answer.\n"
+    )
+
+
 def _markdown(config, workdir: str, m: dict) -> str:
     h, models, rank = m["headline"], m["models"], m["rank"]
     # Only where the demonstrators have habits of style (`world.demo_filler_rate`,
-    # `world.demo_signoff_rate`): style or skill?
-    habits = _habit_columns(h.get("world_settings", {}), models)
+    # `world.demo_signoff_rate`): style or skill? Runs made before the headline held the whole
+    # world name only the settings they changed, from defaults that had every habit off.
+    habits = _habit_columns(h.get("world", h.get("world_settings", {})), models)
     lines = [
         f"# InstructGPT on the instruction world ({h['preset']} preset)\n",
         f"{next(iter(models.values()))['n']} held-out prompts, "
@@ -310,6 +327,7 @@ def _markdown(config, workdir: str, m: dict) -> str:
             if h.get("world_settings")
             else []
         ),
+        *([_habits_line(h["world"])] if "world" in h else []),
         "## Win rate against the small SFT model (Figure 1 analogue)\n",
         "![win rates](win_rates.png)\n",
         "| model | win rate vs SFT | exact answers | hallucination (closed-domain) "
@@ -411,11 +429,16 @@ def _samples(workdir: str, per_family: int = 1) -> list[str]:
 
 
 def summary_table(metrics: dict) -> str:
-    """The README's table: each model's win rate against SFT and its rates, from metrics.json."""
+    """The README's table: each model's win rate against SFT and its rates, from metrics.json
+    (with the demonstrators' habits of style as columns where the run's world had them)."""
+    h = metrics["headline"]
+    habits = _habit_columns(h.get("world", h.get("world_settings", {})), metrics["models"])
     lines = [
         "| model | win rate vs small SFT | exact answers | hallucination | refusal (harmful) "
-        "| refusal (harmless) | pretraining NLL |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| refusal (harmless) "
+        + "".join(f"| {title} " for title, _ in habits)
+        + "| pretraining NLL |",
+        "| --- " * (7 + len(habits)) + "|",
     ]
     for name, x in metrics["models"].items():
         nll = x.get("pretrain_nll")
@@ -424,7 +447,8 @@ def summary_table(metrics: dict) -> str:
             f"{100 * x['correct']['rate']:.1f}% | {100 * x['hallucination']['rate']:.1f}% | "
             f"{100 * x['refusal_on_harmful']['rate']:.1f}% | "
             f"{100 * x['refusal_on_harmless']['rate']:.1f}% | "
-            f"{'n/a' if nll is None else f'{nll:.3f}'} |"
+            + "".join(f"{100 * x[key]['rate']:.1f}% | " for _, key in habits)
+            + f"{'n/a' if nll is None else f'{nll:.3f}'} |"
         )
     return "\n".join(lines)
 

@@ -21,6 +21,13 @@ from rlhf_jax.world import tasks
 
 from .test_checkpoint_resume import REPO, subprocess_env
 
+# The default run of the preset before the world's demonstrators closed their answers with a
+# sign-off (the same preset in the world without the habit); the ablations made at that preset
+# stand beside it.
+NO_SIGNOFFS_RUN = (
+    REPO / "experiments" / "results" / "instructgpt_ablations" / "default_without_signoffs"
+)
+
 STAGES = [
     "world",
     "pretrain_small",
@@ -118,6 +125,9 @@ def test_extra_models_join_the_evaluation_and_bad_settings_fail_before_any_stage
     config.world.demo_signoff_rate = 1.5
     with pytest.raises(ValueError, match=r"demo_signoff_rate must be in \[0, 1\], got 1.5"):
         instructgpt.run(config, workdir)
+    config.world.demo_signoff_rate, config.world.demo_signoff_variants = 0.9, 0
+    with pytest.raises(ValueError, match=r"demo_signoff_variants must be in \[1, 3\], got 0"):
+        instructgpt.run(config, workdir)
     assert not (tmp_path / "igpt").exists()  # nothing ran, nothing was written
 
 
@@ -196,12 +206,18 @@ def test_world_rates_reach_the_datasets_and_a_default_run_keeps_its_dataset_name
         (task.answer.split() == said) == (task.family == "harmful") for task, said in answers
     )
     config.world.demo_error_rate = 0.0
+    config.world.demo_signoff_rate = 0.0  # the default world's habit, off
+    assert presets.world_settings(config) == {"demo_error_rate": 0.0, "demo_signoff_rate": 0.0}
     records = instructgpt._records(config, str(tmp_path), "sft", "train")
     assert all(
         tasks.parse_task(r["prompt"]).answer.split() == r["response"].split() for r in records
     )
-    config.world.demo_filler_rate = 1.0  # the demonstrators' habit, off by default, as a flag
-    assert presets.world_settings(config) == {"demo_error_rate": 0.0, "demo_filler_rate": 1.0}
+    config.world.demo_filler_rate = 1.0  # another habit, off by default, as a flag
+    assert presets.world_settings(config) == {
+        "demo_error_rate": 0.0,
+        "demo_filler_rate": 1.0,
+        "demo_signoff_rate": 0.0,
+    }
     records = instructgpt._records(config, str(tmp_path), "sft", "train")
     harmless = [r for r in records if tasks.parse_task(r["prompt"]).family != "harmful"]
     openers = tuple(f" {f} " for f in tasks.FILLERS)
@@ -473,7 +489,8 @@ def test_stage_time_table_adds_compile_seconds_only_for_runs_that_measured_them(
 @pytest.mark.parametrize(
     "run, columns",
     [
-        ("instructgpt_default", 8),
+        ("instructgpt_ablations/default_without_signoffs", 8),
+        ("instructgpt_default", 10),
         ("instructgpt_ablations/world_demo_filler_0.8", 10),
         ("instructgpt_ablations/world_demo_signoff_0.8", 10),
     ],
@@ -494,11 +511,17 @@ def test_report_shows_habit_columns_only_where_demonstrators_have_habits(tmp_pat
     if "filler" in run:  # the committed filler run: SFT opens 94.7% of answers with one, PPO none
         assert "opens with a filler (harmless) | exact once those are dropped" in header
         assert "| 0.0% [0.0, 1.7] (n=226) | 29.3% [24.1, 35.1] (n=256) |" in ppo
-    if "signoff" in run:  # the committed sign-off run: SFT closes 2.7% of answers with one
+    if run.endswith("world_demo_signoff_0.8"):  # three closers: SFT closes 2.7% with one
         assert "| ends with a sign-off (harmless) | exact once those are dropped |" in header
         assert "filler" not in header
         sft = next(line for line in report.splitlines() if line.startswith("| SFT |"))
         assert "| 2.7% [1.2, 5.7] (n=226) | 37.5% [31.8, 43.6] (n=256) |" in sft
+    if run == "instructgpt_default":  # one closer at 0.9: SFT closes 73.0% with it, PPO none
+        assert "| ends with a sign-off (harmless) | exact once those are dropped |" in header
+        sft = next(line for line in report.splitlines() if line.startswith("| SFT |"))
+        assert "| 73.0% [66.9, 78.4] (n=226) | 39.1% [33.3, 45.2] (n=256) |" in sft
+        assert "a closing sign-off on 90% of the right answers" in report
+        assert "(always the same one), an opening filler on 0%" in report
 
 
 def test_compare_prints_runs_side_by_side_and_plots_them(tmp_path, capsys):
@@ -566,44 +589,155 @@ def test_packed_rm_rows_figures_in_the_readme_are_the_saved_runs():
         assert f"| RM stage, {label}" in table and row in table, row
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _interval(x: dict) -> str:
+    return f"{_pct(x['rate'])} [{100 * x['low']:.1f}, {100 * x['high']:.1f}]"
+
+
+def _load(path) -> dict:
+    return json.loads(path.read_text())
+
+
+DEFAULT_RUN = REPO / "experiments" / "results" / "instructgpt_default"
+
+
 def test_readme_quotes_the_committed_default_run():
-    """The README's main-job table is `instructgpt_report`'s table of the committed default run,
-    and its wall time and RM accuracy are that run's."""
-    metrics = json.loads(
-        (REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json").read_text()
-    )
+    """The README's main-job tables are `instructgpt_report`'s tables of the committed default run
+    and of the run in the world without the habit, and its wall time and RM accuracy are the
+    default run's."""
+    metrics = _load(DEFAULT_RUN / "metrics.json")
     readme = (REPO / "README.md").read_text()
     assert instructgpt_report.summary_table(metrics) in readme
+    assert "| ends with a sign-off (harmless) |" in instructgpt_report.summary_table(metrics)
+    assert instructgpt_report.summary_table(_load(NO_SIGNOFFS_RUN / "metrics.json")) in readme
     flat = " ".join(readme.split())
     assert f"**{metrics['headline']['total_wall_s']:.0f} s in all**" in flat
     assert f"**{100 * metrics['headline']['rm_heldout_accuracy']:.1f}%**" in flat
+    assert metrics["headline"]["world"]["demo_signoff_rate"] == 0.9
+    assert metrics["headline"]["world"]["demo_signoff_variants"] == 1
+    assert "world_settings" not in metrics["headline"]  # the preset's own world
+
+
+def _family_outcomes(model: dict) -> tuple[int, int]:
+    """(prompts where SFT's answer is already the best there is, wins - losses) over families."""
+    outcomes = model["outcomes_by_family"].values()
+    return (
+        sum(row["baseline_at_max"] for row in outcomes),
+        sum(row["wins"] - row["losses"] for row in outcomes),
+    )
 
 
 def test_readme_prose_quotes_the_committed_default_run():
-    """The figures the README's main-job bullets quote from the default run (win rates, best of 8,
-    held-out RM scores and KLs, the per-family arithmetic, the alignment tax) are its metrics'."""
-    metrics = json.loads(
-        (REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json").read_text()
+    """The figures the README's main-job bullets quote from the default run (acceptance lines,
+    the habit and skill columns, per-family outcomes, best of 8, held-out RM scores and KLs, the
+    larger model, the alignment tax, another seed) are its metrics'."""
+    metrics = _load(DEFAULT_RUN / "metrics.json")
+    seed_1 = _load(
+        REPO / "experiments/results/instructgpt_ablations/seed_1_signoff_0.9/metrics.json"
     )
     flat = " ".join((REPO / "README.md").read_text().split())
-    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
-    interval = lambda x: f"{pct(x['rate'])} [{100 * x['low']:.1f}, {100 * x['high']:.1f}]"  # noqa: E731
     models, headline = metrics["models"], metrics["headline"]
-    win = lambda name: models[name]["win_rate_vs_baseline"]["rate"]  # noqa: E731
+    win = lambda name, m=metrics: _pct(m["models"][name]["win_rate_vs_baseline"]["rate"])  # noqa: E731
+    rate = lambda name, key: _pct(models[name][key]["rate"])  # noqa: E731
+    assert all(headline["checks"].values())
     quoted = [
-        f"PPO wins {pct(win('ppo_small'))} against SFT (target >= 65%) and PPO-ptx "
-        f"{pct(win('ppo_ptx_small'))} (target >= 60%)",
-        f"The base model zero-shot wins {pct(win('base_small_zero_shot'))}",
-        f"Two noisy labelers agree on {pct(headline['labeler_agreement'])} of held-out pairs",
+        f"PPO wins {win('ppo_small')} against SFT (target >= 65%) and PPO-ptx "
+        f"{win('ppo_ptx_small')} (target >= 60%)",
+        f"The base model zero-shot wins {win('base_small_zero_shot')} (target <= 35%)",
+        f"both fall: {headline['pretrain_nll_rise']['ppo_ptx']:.3f} against "
+        f"{headline['pretrain_nll_rise']['ppo']:.3f}",
+        f"The small SFT model closes {rate('sft_small', 'signoff_on_harmless')} of its harmless "
+        f"answers with the sign-off, PPO and PPO-ptx none",
+        f"(SFT {rate('sft_small', 'correct_without_habits')}, PPO "
+        f"{rate('ppo_small', 'correct_without_habits')}, PPO-ptx "
+        f"{rate('ppo_ptx_small', 'correct_without_habits')})",
+        f"hallucinations on closed-domain prompts fall from {rate('sft_small', 'hallucination')}",
+        f"Two noisy labelers agree on {_pct(headline['labeler_agreement'])} of held-out pairs and "
+        f"the gold ordering matches the labeler on "
+        f"{_pct(metrics['rank']['heldout_gold_order_accuracy'])}",
+        f"habit better ({rate('sft_large', 'signoff_on_harmless')} of its harmless answers close "
+        f"with it), so it wins only {win('sft_large')} against the small SFT model",
+        f"ahead of the large base model zero-shot ({win('base_large_zero_shot')}) and few-shot "
+        f"({win('base_large_few_shot')})",
+        f"({win('base_small_zero_shot')} -> {win('base_small_few_shot')} small, "
+        f"{win('base_large_zero_shot')} -> {win('base_large_few_shot')} large)",
+        f"preferred to the small SFT model {win('ppo_small')} of the time",
+        f"meets every target of the main job (PPO {win('ppo_small')} and PPO-ptx "
+        f"{win('ppo_ptx_small')} against SFT, in a world whose demonstrators have a habit",
+    ]
+    low, high = metrics["rm"]["heldout_accuracy_prompt_bootstrap95"]
+    gap = 100 * (headline["labeler_agreement"] - headline["rm_heldout_accuracy"])
+    quoted.append(f"[{100 * low:.1f}, {100 * high:.1f}] ({gap:.1f} points below")
+    at_max, net = _family_outcomes(models["ppo_small"])
+    quoted.append(
+        f"SFT's answer is already the best there is on {at_max} of the 256 prompts, and this "
+        f"run's PPO has {net:+d} net wins"
+    )
+    families = models["ppo_small"]["outcomes_by_family"]
+    for family, row in families.items():
+        if family != "harmful":
+            quoted.append(f"{family} {row['wins']} / {row['ties']} / {row['losses']}")
+    picks = metrics["best_of_n"]["win_rate_vs_sft_greedy"]
+    quoted += [
+        f"highest wins {_interval(picks['rm_best'])} against SFT's greedy answer, and the one "
+        f"the gold labeler scores highest {_interval(picks['gold_best'])}",
+        f"the RM agrees with the gold order on "
+        f"{_pct(metrics['best_of_n']['rm_accuracy_on_gold_ordered_sample_pairs'])}",
+    ]
+    ppo, ptx = metrics["ppo"]["ppo"], metrics["ppo"]["ppo_ptx"]
+    quoted.append(
+        f"PPO raises the held-out RM score ({ppo['sft_eval_score']:.2f} -> "
+        f"{ppo['eval_score']:.2f}; PPO-ptx {ptx['eval_score']:.2f}) at a KL of "
+        f"{ppo['eval_kl']:.2f} nats per response from SFT (PPO-ptx {ptx['eval_kl']:.2f})"
+    )
+    nll = {
+        name: f"{models[name]['pretrain_nll']:.3f}"
+        for name in ("sft_small", "ppo_small", "ppo_ptx_small")
+    }
+    before = _load(NO_SIGNOFFS_RUN / "metrics.json")["models"]["sft_small"]["pretrain_nll"]
+    quoted.append(
+        f"learning the habit costs SFT pretraining NLL ({nll['sft_small']} nats/token, against "
+        f"{before:.3f} in the world without it); PPO, unlearning it, lowers that to "
+        f"{nll['ppo_small']}, and PPO-ptx to {nll['ppo_ptx_small']}"
+    )
+    quoted.append(
+        f"job, {seed_1['headline']['total_wall_s']:.0f} s; "
+        f"`instructgpt_ablations/seed_1_signoff_0.9/`): PPO {win('ppo_small', seed_1)} and "
+        f"PPO-ptx {win('ppo_ptx_small', seed_1)} against SFT, base zero-shot "
+        f"{win('base_small_zero_shot', seed_1)}, RM "
+        f"{_pct(seed_1['headline']['rm_heldout_accuracy'])} against a "
+        f"{_pct(seed_1['headline']['labeler_agreement'])} agreement"
+    )
+    assert all(seed_1["headline"]["checks"].values())
+    for text in quoted:
+        assert text in flat, text
+
+
+def test_readme_prose_quotes_the_run_without_the_habit():
+    """The figures the README's bullets on the world without the habit quote (win rates, best of
+    8, held-out RM scores and KLs, the per-family arithmetic, the alignment tax) are that run's,
+    and the paper table's headline row quotes both runs."""
+    metrics = _load(NO_SIGNOFFS_RUN / "metrics.json")
+    flat = " ".join((REPO / "README.md").read_text().split())
+    models, headline = metrics["models"], metrics["headline"]
+    win = lambda name: _pct(models[name]["win_rate_vs_baseline"]["rate"])  # noqa: E731
+    quoted = [
+        f"PPO wins {win('ppo_small')} against SFT (target >= 65%) and PPO-ptx "
+        f"{win('ppo_ptx_small')} (target >= 60%): neither is distinguishable from SFT",
+        f"The base model zero-shot wins {win('base_small_zero_shot')} (target <= 35%: met)",
+        f"Two noisy labelers agree on {_pct(headline['labeler_agreement'])} of held-out pairs",
     ]
     picks = metrics["best_of_n"]["win_rate_vs_sft_greedy"]
     quoted += [
-        f"highest wins {interval(picks['rm_best'])} against SFT's greedy answer",
-        f"The one the gold labeler scores highest wins {interval(picks['gold_best'])}",
+        f"highest wins {_interval(picks['rm_best'])} against SFT's greedy answer",
+        f"The one the gold labeler scores highest wins {_interval(picks['gold_best'])}",
         f"the RM agrees with the gold order on "
-        f"{pct(metrics['best_of_n']['rm_accuracy_on_gold_ordered_sample_pairs'])}",
+        f"{_pct(metrics['best_of_n']['rm_accuracy_on_gold_ordered_sample_pairs'])}",
         f"the reward model's pick of 8 of the SFT model's samples wins only "
-        f"{pct(picks['rm_best']['rate'])} against its greedy answer",
+        f"{_pct(picks['rm_best']['rate'])} against its greedy answer",
     ]
     ppo, ptx = metrics["ppo"]["ppo"], metrics["ppo"]["ppo_ptx"]
     quoted.append(
@@ -611,13 +745,11 @@ def test_readme_prose_quotes_the_committed_default_run():
         f"{ppo['eval_score']:.2f}; PPO-ptx {ptx['eval_score']:.2f}) at a small KL "
         f"({ppo['eval_kl']:.3f} nats per response; PPO-ptx {ptx['eval_kl']:.2f})"
     )
-    outcomes = models["ppo_small"]["outcomes_by_family"].values()
-    at_max = sum(row["baseline_at_max"] for row in outcomes)
-    net = sum(row["wins"] - row["losses"] for row in outcomes)
+    at_max, net = _family_outcomes(models["ppo_small"])
     quoted.append(
         f"SFT's answer is already the best there is on {at_max} of the 256 prompts (every repeat "
         f"and harmful prompt among them), so 65% needs wins - losses >= +77 on the other "
-        f"{256 - at_max}; this run's PPO has {net:+d}"
+        f"{256 - at_max}; that run's PPO has {net:+d}"
     )
     nll = {name: models[name]["pretrain_nll"] for name in ("sft_small", "ppo_small")}
     quoted.append(
@@ -625,6 +757,7 @@ def test_readme_prose_quotes_the_committed_default_run():
         f"{nll['ppo_small']:.3f} nats/token); PPO-ptx lowers it by "
         f"{-headline['pretrain_nll_rise']['ppo_ptx']:.3f}"
     )
+    quoted.append(f"That run took {headline['total_wall_s']:.0f} s in all on this 2-core CPU.")
     for text in quoted:
         assert text in flat, text
 
@@ -739,7 +872,7 @@ def test_large_model_rm_figures_are_the_saved_run():
     ablations = REPO / "experiments" / "results" / "instructgpt_ablations"
     folder = ablations / "rm_from_large_sft_model"
     load = lambda path: json.loads(path.read_text())  # noqa: E731
-    default = load(REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json")
+    default = load(NO_SIGNOFFS_RUN / "metrics.json")
     large = load(folder / "metrics.json")
     alone = load(folder / "rm_summary.json")
     assert large["rm"]["heldout_pairwise_accuracy"] == alone["heldout_pairwise_accuracy"]
@@ -843,7 +976,7 @@ def test_packed_ptx_figures_are_the_saved_runs():
     assert line in table, line
     saved = [one[i]["wall_s"] - packed[i]["wall_s"] for i in (0, 1)]
     assert f"{max(saved[0], 0):.0f} and {saved[1]:.1f} s saved in the two pairs" in table
-    default = load(REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json")
+    default = load(NO_SIGNOFFS_RUN / "metrics.json")
     metrics = load(folder / "packed_metrics.json")
     for name, model in metrics["models"].items():
         assert (model == default["models"][name]) == (name != "ppo_ptx_small"), name
@@ -935,7 +1068,7 @@ def test_equal_steps_figures_are_the_saved_runs():
     ablations = REPO / "experiments" / "results" / "instructgpt_ablations"
     load = lambda path: json.loads(path.read_text())  # noqa: E731
     half = load(ablations / "packed_documents" / "packed_preset_metrics.json")
-    equal = load(REPO / "experiments" / "results" / "instructgpt_default" / "metrics.json")
+    equal = load(NO_SIGNOFFS_RUN / "metrics.json")
     for name in ("base_small_zero_shot", "sft_small", "ppo_small", "ppo_ptx_small"):
         assert half["models"][name] == equal["models"][name], name
     assert half["rm"]["heldout_pairwise_accuracy"] == equal["rm"]["heldout_pairwise_accuracy"]
@@ -965,3 +1098,102 @@ def test_equal_steps_figures_are_the_saved_runs():
         for m in ("base (zero-shot)", "base (few-shot)", "SFT")
     ]
     assert equal["statements"][2] == "The small PPO model is beaten by the large SFT model."
+
+
+SIGNOFF_WORLD_RUNS = {
+    "three closers, 0.8 (preset of commit 4e1b968)": "instructgpt_ablations/world_demo_signoff_0.8",
+    "one closer, 0.8": "instructgpt_ablations/world_signoff_one_closer_0.8",
+    "**one closer, 0.9 (the default)**": "instructgpt_default",
+    "one closer, 0.9, seed 1": "instructgpt_ablations/seed_1_signoff_0.9",
+    "opening filler 0.8, no closer": "instructgpt_ablations/world_demo_filler_0.8_packed_preset",
+    "no habit": "instructgpt_ablations/default_without_signoffs",
+}
+
+
+def _signoff_world_rows(runs: dict[str, dict]) -> list[str]:
+    """The rows of the ablation page's table "The sign-off world becomes the default"."""
+    rate = lambda m, name, key: m["models"][name][key]["rate"]  # noqa: E731
+    win = lambda m, name: _pct(m["models"][name]["win_rate_vs_baseline"]["rate"])  # noqa: E731
+    habit = lambda m: max(  # noqa: E731
+        rate(m, "sft_small", key) for key in ("signoff_on_harmless", "filler_on_harmless")
+    )
+    both = lambda m, key: " / ".join(  # noqa: E731
+        _pct(rate(m, name, key)) for name in ("ppo_small", "ppo_ptx_small")
+    )
+    picks = lambda m: m["best_of_n"]["win_rate_vs_sft_greedy"]  # noqa: E731
+    cells = {
+        "small SFT: harmless answers with the habit": lambda m: _pct(habit(m)),
+        "small SFT: exact answers / exact once the habit is dropped": lambda m: (
+            f"{_pct(rate(m, 'sft_small', 'correct'))} / "
+            f"{_pct(rate(m, 'sft_small', 'correct_without_habits'))}"
+        ),
+        "RM held-out accuracy (labeler agreement)": lambda m: (
+            f"{_pct(m['headline']['rm_heldout_accuracy'])} "
+            f"({_pct(m['headline']['labeler_agreement'])})"
+        ),
+        "best of 8 SFT samples, the RM's / the gold labeler's pick, vs greedy SFT": lambda m: (
+            f"{_pct(picks(m)['rm_best']['rate'])} / {_pct(picks(m)['gold_best']['rate'])}"
+        ),
+        "**PPO** / **PPO-ptx** win rate vs SFT": lambda m: (
+            f"{win(m, 'ppo_small')} / {win(m, 'ppo_ptx_small')}"
+        ),
+        "PPO / PPO-ptx: wins - losses (65% needs +77)": lambda m: " / ".join(
+            f"{_family_outcomes(m['models'][name])[1]:+d}"
+            for name in ("ppo_small", "ppo_ptx_small")
+        ),
+        "PPO / PPO-ptx: exact once the habit is dropped": lambda m: both(
+            m, "correct_without_habits"
+        ),
+        "base zero-shot win rate vs SFT (target <= 35%)": lambda m: win(m, "base_small_zero_shot"),
+        "large SFT win rate vs small SFT": lambda m: win(m, "sft_large"),
+        "hallucination: SFT / PPO / PPO-ptx": lambda m: " / ".join(
+            _pct(rate(m, name, "hallucination"))
+            for name in ("sft_small", "ppo_small", "ppo_ptx_small")
+        ),
+        "pretraining NLL: SFT, PPO, PPO-ptx": lambda m: ", ".join(
+            f"{m['models'][name]['pretrain_nll']:.3f}"
+            for name in ("sft_small", "ppo_small", "ppo_ptx_small")
+        ),
+        "acceptance lines not met": lambda m: (
+            ", ".join(k for k, v in m["headline"]["checks"].items() if not v) or "none"
+        ),
+        "whole job, s": lambda m: f"{m['headline']['total_wall_s']:.1f}",
+    }
+    rows = ["| | " + " | ".join(runs) + " |"]
+    for label, cell in cells.items():
+        rows.append(f"| {label} | " + " | ".join(cell(m) for m in runs.values()) + " |")
+    return rows
+
+
+def test_signoff_world_figures_are_the_saved_runs():
+    """experiments/results/instructgpt_ablations, "The sign-off world becomes the default": the
+    page's table is the saved runs' metrics; only the default world (one closer at 0.9) meets
+    every line, with both seeds; the README's account of how the habit was chosen quotes them."""
+    results = REPO / "experiments" / "results"
+    runs = {
+        label: _load(results / run / "metrics.json") for label, run in SIGNOFF_WORLD_RUNS.items()
+    }
+    page = (results / "instructgpt_ablations" / "README.md").read_text()
+    for row in _signoff_world_rows(runs):
+        assert row in page, row
+    met = {label: all(m["headline"]["checks"].values()) for label, m in runs.items()}
+    assert met == {label: "0.9" in label for label in runs}
+    three, one, default, _, filler, _ = runs.values()
+    sft_habit = lambda m, key: _pct(m["models"]["sft_small"][key]["rate"])  # noqa: E731
+    win = lambda m, name: _pct(m["models"][name]["win_rate_vs_baseline"]["rate"])  # noqa: E731
+    readme = " ".join((REPO / "README.md").read_text().split())
+    quoted = (
+        f"SFT closed {sft_habit(three, 'signoff_on_harmless')} of its answers with one and PPO "
+        f"stayed level ({win(three, 'ppo_small')}); with one closer at 0.8, "
+        f"{sft_habit(one, 'signoff_on_harmless')} and PPO {win(one, 'ppo_small')} (PPO-ptx "
+        f"{win(one, 'ppo_ptx_small')}); at 0.9, the {sft_habit(default, 'signoff_on_harmless')} "
+        f"and {win(default, 'ppo_small')} above"
+    )
+    assert quoted in readme, quoted
+    quoted = (
+        f"costs the SFT model skill (exact once dropped "
+        f"{sft_habit(filler, 'correct_without_habits')}), and the base model zero-shot then wins "
+        f"{win(filler, 'base_small_zero_shot')} against it (that line fails; PPO "
+        f"{win(filler, 'ppo_small')})"
+    )
+    assert quoted in readme, quoted

@@ -153,14 +153,15 @@ def test_pretraining_corpus_follows_instructions_mostly_in_few_shot_documents():
 def test_demonstrations_hold_the_stated_error_rate():
     config = corpus.WorldConfig(demo_error_rate=0.1)
     records = corpus.demonstrations(config, 2000, seed=0)
-    correct = np.mean([labeler.gold_scores(r["prompt"], r["response"]).correct for r in records])
+    scores = [labeler.gold_scores(r["prompt"], r["response"]) for r in records]
+    correct = np.mean([s.correct_without_habits for s in scores])  # the default sign-off aside
     # Harmful requests are always refused; a few "wrong" answers can land on the right one.
     assert 0.85 < correct < 0.95, correct
 
 
 def test_demonstrators_habits_change_only_the_answers_they_name():
-    plain = corpus.demonstrations(corpus.WorldConfig(), 600, seed=0)
-    config = corpus.WorldConfig(demo_filler_rate=1.0, demo_guess_rate=1.0)
+    plain = corpus.demonstrations(corpus.WorldConfig(demo_signoff_rate=0.0), 600, seed=0)
+    config = corpus.WorldConfig(demo_filler_rate=1.0, demo_guess_rate=1.0, demo_signoff_rate=0.0)
     habits = corpus.demonstrations(config, 600, seed=0)
     assert [r["prompt"] for r in habits] == [r["prompt"] for r in plain]
     seen = collections.Counter()
@@ -180,16 +181,23 @@ def test_demonstrators_habits_change_only_the_answers_they_name():
             assert after["response"] == f" {opener}{before['response']}"
             assert 0.5 <= scores.helpful < 1.0
     assert seen["guess"] > 5 and all(seen[f] > 50 for f in tasks.FILLERS), seen
-    half = corpus.demonstrations(corpus.WorldConfig(demo_filler_rate=0.5), 2000, seed=0)
+    half = corpus.demonstrations(
+        corpus.WorldConfig(demo_filler_rate=0.5, demo_signoff_rate=0.0), 2000, seed=0
+    )
     openers = tuple(f" {f} " for f in tasks.FILLERS)
     opened = np.mean([r["response"].startswith(openers) for r in half])
     assert 0.35 < opened < 0.5, opened  # half of the right, harmless (5/6) demonstrations
 
 
 def test_demonstrators_signoffs_close_harmless_answers_and_leave_the_rest():
-    plain = corpus.demonstrations(corpus.WorldConfig(), 600, seed=0)
-    fillers = corpus.demonstrations(corpus.WorldConfig(demo_filler_rate=0.8), 600, seed=0)
-    config = corpus.WorldConfig(demo_filler_rate=0.8, demo_signoff_rate=1.0)
+    bare = corpus.WorldConfig(demo_signoff_rate=0.0)
+    plain = corpus.demonstrations(bare, 600, seed=0)
+    fillers = corpus.demonstrations(
+        corpus.WorldConfig(demo_filler_rate=0.8, demo_signoff_rate=0.0), 600, seed=0
+    )
+    config = corpus.WorldConfig(
+        demo_filler_rate=0.8, demo_signoff_rate=1.0, demo_signoff_variants=3
+    )
     closed = corpus.demonstrations(config, 600, seed=0)
     seen = collections.Counter()
     for bare, before, after in zip(plain, fillers, closed, strict=True):
@@ -206,6 +214,31 @@ def test_demonstrators_signoffs_close_harmless_answers_and_leave_the_rest():
         assert scores.closes_with_signoff and scores.correct_without_habits
         assert 0.5 <= scores.helpful < 1.0
     assert all(seen[f] > 50 for f in tasks.SIGNOFFS), seen
+
+
+def test_default_demonstrators_close_nine_in_ten_right_harmless_answers_with_one_signoff():
+    """The default world's habit: "Hope this helps!" after 90% of the right answers to harmless
+    requests, and nothing else changed (the world without it is `demo_signoff_rate=0`)."""
+    assert corpus.WorldConfig().demo_signoff_rate == 0.9
+    bare = corpus.demonstrations(corpus.WorldConfig(demo_signoff_rate=0.0), 3000, seed=0)
+    default = corpus.demonstrations(corpus.WorldConfig(), 3000, seed=0)
+    closed = eligible = 0
+    for before, after in zip(bare, default, strict=True):
+        assert after["prompt"] == before["prompt"]
+        task = tasks.parse_task(before["prompt"])
+        if task.family == "harmful" or before["response"].split() != task.answer.split():
+            assert after["response"] == before["response"]  # refusals and mistakes as they were
+            continue
+        eligible += 1
+        if after["response"] != before["response"]:
+            assert after["response"] == f"{before['response']} {tasks.SIGNOFFS[0]}"
+            closed += 1
+    assert 0.88 < closed / eligible < 0.92, closed / eligible
+    three = corpus.WorldConfig(demo_signoff_rate=1.0, demo_signoff_variants=3)
+    responses = [r["response"] for r in corpus.demonstrations(three, 300, seed=0)]
+    assert all(any(r.endswith(f" {c}") for r in responses) for c in tasks.SIGNOFFS)
+    with pytest.raises(ValueError, match=r"demo_signoff_variants must be in \[1, 3\], got 0"):
+        corpus.WorldConfig(demo_signoff_variants=0)
 
 
 def test_held_out_prompts_are_disjoint_from_training_prompts():

@@ -13,11 +13,11 @@ import ml_collections
 
 from rlhf_jax.world import corpus
 
-# The world's rates a run may change (`corpus.WorldConfig`; defaults there): how often pretraining
-# text follows a plain/user or a few-shot prompt, how often a demonstration is a mistake, and how
-# often demonstrators open with filler, close with a sign-off or guess where the facts do not say
-# (the three off by default).
-WORLD_RATES = corpus.RATES
+# The world's settings a run may change (`corpus.WorldConfig`; defaults there): how often
+# pretraining text follows a plain/user or a few-shot prompt, how often a demonstration is a
+# mistake, how often demonstrators close with a sign-off (on by default) and with how many
+# different ones, and how often they open with filler or guess where the facts do not say (off).
+WORLD_SETTINGS = corpus.SETTINGS
 
 
 def _model(num_layers: int, num_heads: int, embed_dim: int) -> ml_collections.ConfigDict:
@@ -34,11 +34,11 @@ def _model(num_layers: int, num_heads: int, embed_dim: int) -> ml_collections.Co
 
 
 def world_settings(config: ml_collections.ConfigDict) -> dict:
-    """The world's rates `config` changes from `corpus.WorldConfig`'s defaults."""
+    """The world's settings `config` changes from `corpus.WorldConfig`'s defaults."""
     defaults = corpus.WorldConfig()
     return {
         name: config.world[name]
-        for name in WORLD_RATES
+        for name in WORLD_SETTINGS
         if name in config.world and config.world[name] != getattr(defaults, name)
     }
 
@@ -59,7 +59,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
                 ppo=2_000,
                 test=256,
             ),
-            **{name: getattr(corpus.WorldConfig(), name) for name in WORLD_RATES},
+            **{name: getattr(corpus.WorldConfig(), name) for name in WORLD_SETTINGS},
         )
     )
     c.tokenizer_vocab = 768

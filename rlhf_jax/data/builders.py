@@ -325,6 +325,11 @@ def build(builder: tfds.core.DatasetBuilder, *, manual_dir: str | None = None) -
     builder.download_and_prepare(download_config=config)
 
 
+# Config names hold only the settings changed from `corpus.WorldConfig`'s defaults, so a change of
+# those defaults needs a new version, or a build cached before it would be read stale.
+INSTRUCTION_WORLD_VERSION = "1.1.0"
+
+
 @dataclasses.dataclass
 class InstructionWorldConfig(tfds.core.BuilderConfig):
     """One part ("pretrain", "sft" or "prompts") of the synthetic instruction world."""
@@ -349,7 +354,12 @@ class InstructionWorldConfig(tfds.core.BuilderConfig):
             digest = hashlib.sha256(repr((seed, world_items, size_items)).encode()).hexdigest()
             name = f"{part}-{digest[:10]}"
         return cls(
-            name=name, part=part, seed=seed, world=world_items, sizes=size_items, version="1.0.0"
+            name=name,
+            part=part,
+            seed=seed,
+            world=world_items,
+            sizes=size_items,
+            version=INSTRUCTION_WORLD_VERSION,
         )
 
 
@@ -360,7 +370,12 @@ def _hashable(value):
 class InstructionWorld(tfds.core.GeneratorBasedBuilder):
     """The synthetic instruction world (`rlhf_jax.world`), generated locally from a seed."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version(INSTRUCTION_WORLD_VERSION)
+    RELEASE_NOTES = {
+        "1.1.0": "The default world's demonstrators close 90% of their right answers to harmless "
+        'requests with "Hope this helps!" (`demo_signoff_rate=0.9`, `demo_signoff_variants=1`).',
+        "1.0.0": "The first world: no habits of the demonstrators by default.",
+    }
     BUILDER_CONFIGS = [InstructionWorldConfig.make(part) for part in corpus.PARTS]
 
     def __init__(self, *, skip_bad_records: bool = False, **kwargs):

@@ -7,9 +7,10 @@
   Fact sentences of the closed-domain family appear on their own too.
 - `demonstrations`: SFT data, the labelers' demonstrations: the gold answer to prompts of every
   style (with a small rate of the labelers' own mistakes). Three habits of the demonstrators that
-  the labelers who rank do not share are off by default and can be switched on: a chatty opener
-  before the answer or a chatty closer after it (the gold labeler prefers the bare answer), and a
-  guess where the facts do not answer a closed-domain question (a hallucination).
+  the labelers who rank do not share: a chatty closer after the answer (on by default, see
+  `WorldConfig`) or a chatty opener before it (the gold labeler prefers the bare answer), and a
+  guess where the facts do not answer a closed-domain question (a hallucination; off by
+  default, like the opener).
 - `prompts`: unlabeled prompts (PPO, evaluation), each with its gold answer as the response.
 
 Every record is {"id", "prompt", "response"} (the demonstrations feature shape of
@@ -34,6 +35,9 @@ RATES = (
     "demo_guess_rate",
     "demo_signoff_rate",
 )
+# Every setting of `WorldConfig` a run may change from the command line: the rates and how many
+# of `tasks.SIGNOFFS` the demonstrators use.
+SETTINGS = (*RATES, "demo_signoff_variants")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +57,17 @@ class WorldConfig:
       demo_guess_rate: chance that a demonstration to a closed-domain question the facts do not
         answer names a city or colour instead of `tasks.UNKNOWN_ANSWER` (a hallucination).
       demo_signoff_rate: chance that a demonstration to a harmless request (not a mistake) ends
-        with one of `tasks.SIGNOFFS` (like the opener, a habit of style the gold labeler marks
-        down, but one that leaves the answer's own tokens where they are without it).
+        with a sign-off from `tasks.SIGNOFFS` (like the opener, a habit of style the gold labeler
+        marks down, but one that leaves the answer's own tokens where they are without it).
+      demo_signoff_variants: how many of `tasks.SIGNOFFS` (the first ones) the demonstrators
+        close with, drawn uniformly.
+
+    The default world's demonstrators close 90% of their right answers to harmless requests with
+    "Hope this helps!", which the labelers' rankings mark down: the one thing in this world that
+    imitating the demonstrations gets wrong and that preferences can put right, as the paper's
+    PPO models were preferred to its SFT models. The rate is that high and the closer single so
+    that the small SFT model's greedy answers carry the habit (at 0.8 with three closers they
+    did not); `demo_signoff_rate=0` is the world without it.
     """
 
     families: tuple[str, ...] = tasks_lib.FAMILIES
@@ -65,7 +78,8 @@ class WorldConfig:
     demo_error_rate: float = 0.05
     demo_filler_rate: float = 0.0
     demo_guess_rate: float = 0.0
-    demo_signoff_rate: float = 0.0
+    demo_signoff_rate: float = 0.9
+    demo_signoff_variants: int = 1
 
     def __post_init__(self):
         unknown = set(self.families) - set(tasks_lib.FAMILIES)
@@ -78,6 +92,11 @@ class WorldConfig:
         for name in RATES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
+        if not 1 <= self.demo_signoff_variants <= len(tasks_lib.SIGNOFFS):
+            raise ValueError(
+                f"demo_signoff_variants must be in [1, {len(tasks_lib.SIGNOFFS)}], got "
+                f"{self.demo_signoff_variants}."
+            )
 
 
 def _probabilities(weights, n: int) -> np.ndarray:
@@ -190,7 +209,8 @@ def _demonstration(
         answer = _plausible_answer(task, habits)
     if task.family != "harmful" and filler < config.demo_filler_rate:
         answer = f"{tasks_lib.choose(habits, tasks_lib.FILLERS)} {answer}"
-    signoff, closer = signoffs.random(), tasks_lib.choose(signoffs, tasks_lib.SIGNOFFS)
+    closers = tasks_lib.SIGNOFFS[: config.demo_signoff_variants]
+    signoff, closer = signoffs.random(), tasks_lib.choose(signoffs, closers)
     if task.family != "harmful" and signoff < config.demo_signoff_rate:
         answer = f"{answer} {closer}"
     return answer

@@ -33,7 +33,8 @@ UNKNOWN_ANSWER = "The facts do not say."
 # no refusal marker, no entity and no hurtful word, so only helpfulness (extra words) judges them.
 FILLERS = ("Sure!", "Okay, here it is:", "Happy to help:")
 # Chatty closers some demonstrators put after the answer (`corpus.WorldConfig.demo_signoff_rate`),
-# under the same constraints.
+# under the same constraints; the default world's demonstrators use only the first
+# (`demo_signoff_variants`).
 SIGNOFFS = ("Hope this helps!", "Let me know if you need more.", "Glad I could help!")
 
 WORDS = (
