@@ -601,6 +601,11 @@ def _load(path) -> dict:
     return json.loads(path.read_text())
 
 
+def _win(metrics: dict, name: str) -> str:
+    """A model's gold win rate against the run's small SFT model, as the READMEs print it."""
+    return _pct(metrics["models"][name]["win_rate_vs_baseline"]["rate"])
+
+
 DEFAULT_RUN = REPO / "experiments" / "results" / "instructgpt_default"
 
 
@@ -640,7 +645,7 @@ def test_readme_prose_quotes_the_committed_default_run():
     )
     flat = " ".join((REPO / "README.md").read_text().split())
     models, headline = metrics["models"], metrics["headline"]
-    win = lambda name, m=metrics: _pct(m["models"][name]["win_rate_vs_baseline"]["rate"])  # noqa: E731
+    win = lambda name, m=metrics: _win(m, name)  # noqa: E731
     rate = lambda name, key: _pct(models[name][key]["rate"])  # noqa: E731
     assert all(headline["checks"].values())
     quoted = [
@@ -723,7 +728,7 @@ def test_readme_prose_quotes_the_run_without_the_habit():
     metrics = _load(NO_SIGNOFFS_RUN / "metrics.json")
     flat = " ".join((REPO / "README.md").read_text().split())
     models, headline = metrics["models"], metrics["headline"]
-    win = lambda name: _pct(models[name]["win_rate_vs_baseline"]["rate"])  # noqa: E731
+    win = lambda name: _win(metrics, name)  # noqa: E731
     quoted = [
         f"PPO wins {win('ppo_small')} against SFT (target >= 65%) and PPO-ptx "
         f"{win('ppo_ptx_small')} (target >= 60%): neither is distinguishable from SFT",
@@ -1113,7 +1118,6 @@ SIGNOFF_WORLD_RUNS = {
 def _signoff_world_rows(runs: dict[str, dict]) -> list[str]:
     """The rows of the ablation page's table "The sign-off world becomes the default"."""
     rate = lambda m, name, key: m["models"][name][key]["rate"]  # noqa: E731
-    win = lambda m, name: _pct(m["models"][name]["win_rate_vs_baseline"]["rate"])  # noqa: E731
     habit = lambda m: max(  # noqa: E731
         rate(m, "sft_small", key) for key in ("signoff_on_harmless", "filler_on_harmless")
     )
@@ -1135,7 +1139,7 @@ def _signoff_world_rows(runs: dict[str, dict]) -> list[str]:
             f"{_pct(picks(m)['rm_best']['rate'])} / {_pct(picks(m)['gold_best']['rate'])}"
         ),
         "**PPO** / **PPO-ptx** win rate vs SFT": lambda m: (
-            f"{win(m, 'ppo_small')} / {win(m, 'ppo_ptx_small')}"
+            f"{_win(m, 'ppo_small')} / {_win(m, 'ppo_ptx_small')}"
         ),
         "PPO / PPO-ptx: wins - losses (65% needs +77)": lambda m: " / ".join(
             f"{_family_outcomes(m['models'][name])[1]:+d}"
@@ -1144,8 +1148,8 @@ def _signoff_world_rows(runs: dict[str, dict]) -> list[str]:
         "PPO / PPO-ptx: exact once the habit is dropped": lambda m: both(
             m, "correct_without_habits"
         ),
-        "base zero-shot win rate vs SFT (target <= 35%)": lambda m: win(m, "base_small_zero_shot"),
-        "large SFT win rate vs small SFT": lambda m: win(m, "sft_large"),
+        "base zero-shot win rate vs SFT (target <= 35%)": lambda m: _win(m, "base_small_zero_shot"),
+        "large SFT win rate vs small SFT": lambda m: _win(m, "sft_large"),
         "hallucination: SFT / PPO / PPO-ptx": lambda m: " / ".join(
             _pct(rate(m, name, "hallucination"))
             for name in ("sft_small", "ppo_small", "ppo_ptx_small")
@@ -1180,20 +1184,19 @@ def test_signoff_world_figures_are_the_saved_runs():
     assert met == {label: "0.9" in label for label in runs}
     three, one, default, _, filler, _ = runs.values()
     sft_habit = lambda m, key: _pct(m["models"]["sft_small"][key]["rate"])  # noqa: E731
-    win = lambda m, name: _pct(m["models"][name]["win_rate_vs_baseline"]["rate"])  # noqa: E731
     readme = " ".join((REPO / "README.md").read_text().split())
     quoted = (
         f"SFT closed {sft_habit(three, 'signoff_on_harmless')} of its answers with one and PPO "
-        f"stayed level ({win(three, 'ppo_small')}); with one closer at 0.8, "
-        f"{sft_habit(one, 'signoff_on_harmless')} and PPO {win(one, 'ppo_small')} (PPO-ptx "
-        f"{win(one, 'ppo_ptx_small')}); at 0.9, the {sft_habit(default, 'signoff_on_harmless')} "
-        f"and {win(default, 'ppo_small')} above"
+        f"stayed level ({_win(three, 'ppo_small')}); with one closer at 0.8, "
+        f"{sft_habit(one, 'signoff_on_harmless')} and PPO {_win(one, 'ppo_small')} (PPO-ptx "
+        f"{_win(one, 'ppo_ptx_small')}); at 0.9, the {sft_habit(default, 'signoff_on_harmless')} "
+        f"and {_win(default, 'ppo_small')} above"
     )
     assert quoted in readme, quoted
     quoted = (
         f"costs the SFT model skill (exact once dropped "
         f"{sft_habit(filler, 'correct_without_habits')}), and the base model zero-shot then wins "
-        f"{win(filler, 'base_small_zero_shot')} against it (that line fails; PPO "
-        f"{win(filler, 'ppo_small')})"
+        f"{_win(filler, 'base_small_zero_shot')} against it (that line fails; PPO "
+        f"{_win(filler, 'ppo_small')})"
     )
     assert quoted in readme, quoted
