@@ -640,8 +640,9 @@ def test_readme_prose_quotes_the_committed_default_run():
     the habit and skill columns, per-family outcomes, best of 8, held-out RM scores and KLs, the
     larger model, the alignment tax, another seed) are its metrics'."""
     metrics = _load(DEFAULT_RUN / "metrics.json")
-    seed_1 = _load(
-        REPO / "experiments/results/instructgpt_ablations/seed_1_signoff_0.9/metrics.json"
+    seed_1, seed_2 = (
+        _load(REPO / f"experiments/results/instructgpt_ablations/seed_{n}_signoff_0.9/metrics.json")
+        for n in (1, 2)
     )
     flat = " ".join((REPO / "README.md").read_text().split())
     models, headline = metrics["models"], metrics["headline"]
@@ -709,14 +710,35 @@ def test_readme_prose_quotes_the_committed_default_run():
         f"{nll['ppo_small']}, and PPO-ptx to {nll['ppo_ptx_small']}"
     )
     quoted.append(
-        f"job, {seed_1['headline']['total_wall_s']:.0f} s; "
+        f"Seed 1 ({seed_1['headline']['total_wall_s']:.0f} s; "
         f"`instructgpt_ablations/seed_1_signoff_0.9/`): PPO {win('ppo_small', seed_1)} and "
         f"PPO-ptx {win('ppo_ptx_small', seed_1)} against SFT, base zero-shot "
         f"{win('base_small_zero_shot', seed_1)}, RM "
         f"{_pct(seed_1['headline']['rm_heldout_accuracy'])} against a "
         f"{_pct(seed_1['headline']['labeler_agreement'])} agreement"
     )
-    assert all(seed_1["headline"]["checks"].values())
+    interval = lambda name, m: _interval(m["models"][name]["win_rate_vs_baseline"])  # noqa: E731
+    quoted.append(
+        f"Seed 2 ({seed_2['headline']['total_wall_s']:.0f} s; `seed_2_signoff_0.9/`): PPO "
+        f"{interval('ppo_small', seed_2)} and PPO-ptx {interval('ppo_ptx_small', seed_2)}, base "
+        f"zero-shot {win('base_small_zero_shot', seed_2)}, RM "
+        f"{_pct(seed_2['headline']['rm_heldout_accuracy'])} against "
+        f"{_pct(seed_2['headline']['labeler_agreement'])}"
+    )
+    quoted.append(
+        f"closes only {_pct(seed_2['models']['sft_small']['signoff_on_harmless']['rate'])} of its "
+        f"harmless answers with the sign-off ({rate('sft_small', 'signoff_on_harmless')} here)"
+    )
+    assert all(seed_1["headline"]["checks"].values()) and all(seed_2["headline"]["checks"].values())
+    lengths = {
+        name: metrics["ppo_curves"][name]["train/rollout/response_length"]
+        for name in ("ppo", "ppo_ptx")
+    }
+    quoted.append(
+        f"the training rollouts shrink from {lengths['ppo']['first']:.1f} to "
+        f"{lengths['ppo']['last']:.1f} tokens over the 48 iterations; PPO-ptx "
+        f"{lengths['ppo_ptx']['first']:.1f} to {lengths['ppo_ptx']['last']:.1f}"
+    )
     for text in quoted:
         assert text in flat, text
 
@@ -1110,6 +1132,7 @@ SIGNOFF_WORLD_RUNS = {
     "one closer, 0.8": "instructgpt_ablations/world_signoff_one_closer_0.8",
     "**one closer, 0.9 (the default)**": "instructgpt_default",
     "one closer, 0.9, seed 1": "instructgpt_ablations/seed_1_signoff_0.9",
+    "one closer, 0.9, seed 2": "instructgpt_ablations/seed_2_signoff_0.9",
     "opening filler 0.8, no closer": "instructgpt_ablations/world_demo_filler_0.8_packed_preset",
     "no habit": "instructgpt_ablations/default_without_signoffs",
 }
@@ -1182,7 +1205,7 @@ def test_signoff_world_figures_are_the_saved_runs():
         assert row in page, row
     met = {label: all(m["headline"]["checks"].values()) for label, m in runs.items()}
     assert met == {label: "0.9" in label for label in runs}
-    three, one, default, _, filler, _ = runs.values()
+    three, one, default, _, _, filler, _ = runs.values()
     sft_habit = lambda m, key: _pct(m["models"]["sft_small"][key]["rate"])  # noqa: E731
     readme = " ".join((REPO / "README.md").read_text().split())
     quoted = (
