@@ -272,10 +272,13 @@ def _ptx_layout(per_row: int) -> str:
     return f"whole documents packed up to {per_row} to a row, each attending to itself"
 
 
-def _habit_columns(world: dict, models: dict) -> list[tuple[str, str]]:
-    """(column title, metrics key) of the demonstrators' habits of style that `world` (the run's
-    world settings) switches on, with the exact-answer rate once they are dropped (none when no
+def _habit_columns(headline: dict, models: dict) -> list[tuple[str, str]]:
+    """(column title, metrics key) of the demonstrators' habits of style that the run's world
+    (its `headline`) switches on, with the exact-answer rate once they are dropped (none when no
     habit is on, or for reports older than these metrics)."""
+    # Runs made before the headline held the whole world name only the settings they changed,
+    # from defaults that had every habit off.
+    world = headline.get("world", headline.get("world_settings", {}))
     columns = [
         (title, key)
         for rate, title, key in (
@@ -309,9 +312,8 @@ def _habits_line(world: dict) -> str:
 def _markdown(config, workdir: str, m: dict) -> str:
     h, models, rank = m["headline"], m["models"], m["rank"]
     # Only where the demonstrators have habits of style (`world.demo_filler_rate`,
-    # `world.demo_signoff_rate`): style or skill? Runs made before the headline held the whole
-    # world name only the settings they changed, from defaults that had every habit off.
-    habits = _habit_columns(h.get("world", h.get("world_settings", {})), models)
+    # `world.demo_signoff_rate`): style or skill?
+    habits = _habit_columns(h, models)
     lines = [
         f"# InstructGPT on the instruction world ({h['preset']} preset)\n",
         f"{next(iter(models.values()))['n']} held-out prompts, "
@@ -431,8 +433,7 @@ def _samples(workdir: str, per_family: int = 1) -> list[str]:
 def summary_table(metrics: dict) -> str:
     """The README's table: each model's win rate against SFT and its rates, from metrics.json
     (with the demonstrators' habits of style as columns where the run's world had them)."""
-    h = metrics["headline"]
-    habits = _habit_columns(h.get("world", h.get("world_settings", {})), metrics["models"])
+    habits = _habit_columns(metrics["headline"], metrics["models"])
     lines = [
         "| model | win rate vs small SFT | exact answers | hallucination | refusal (harmful) "
         "| refusal (harmless) "

@@ -817,14 +817,13 @@ def test_packed_documents_figures_are_the_saved_runs():
     README's sentence and the preset's comment quote their files."""
     ablations = REPO / "experiments" / "results" / "instructgpt_ablations"
     folder = ablations / "packed_documents"
-    load = lambda path: json.loads(path.read_text())  # noqa: E731
-    previous = load(folder / "previous_preset_metrics.json")
-    packed = load(folder / "packed_preset_metrics.json")
+    previous = _load(folder / "previous_preset_metrics.json")
+    packed = _load(folder / "packed_preset_metrics.json")
     table = " ".join((ablations / "README.md").read_text().split())
     readme = " ".join((REPO / "README.md").read_text().split())
     for stage in ("pretrain_small", "pretrain_large", "sft_small", "sft_large"):
-        one = load(folder / f"{stage}_one_per_row_summary.json")
-        rows = load(folder / f"{stage}_packed_summary.json")
+        one = _load(folder / f"{stage}_one_per_row_summary.json")
+        rows = _load(folder / f"{stage}_packed_summary.json")
         assert one["wall_s"] == previous["stages_wall_s"][stage]
         assert rows["wall_s"] == packed["stages_wall_s"][stage]
         assert one["train_examples"] == rows["train_examples"] and one["step"] == rows["step"]
@@ -836,7 +835,7 @@ def test_packed_documents_figures_are_the_saved_runs():
         )
         assert line in table, line
     for stage, label in (("pretrain_small", "pretraining rows"), ("sft_small", "SFT rows")):
-        rows = load(folder / f"{stage}_packed_summary.json")
+        rows = _load(folder / f"{stage}_packed_summary.json")
         padded_fill = rows["row_fill"] * rows["train_packed_rows"] / rows["train_examples"]
         line = (
             f"| {label} | {rows['train_examples']:,} ({100 * padded_fill:.0f}%"
@@ -863,7 +862,7 @@ def test_packed_documents_figures_are_the_saved_runs():
     # Other seeds: each pretraining layout's large base model, fine-tuned on padded rows.
     for seed in (1, 2):
         nll = {
-            (stage, layout): load(folder / f"seed_{seed}" / f"{stage}_{layout}_base_summary.json")[
+            (stage, layout): _load(folder / f"seed_{seed}" / f"{stage}_{layout}_base_summary.json")[
                 "eval_nll"
             ]
             for stage in ("pretrain_large", "sft_large")
@@ -874,10 +873,10 @@ def test_packed_documents_figures_are_the_saved_runs():
         assert f"{sft} with seed {seed}" in table and base in table, (sft, base)
     # Sorting the rank stage's prompts: the same SFT model, unsorted and sorted; sorting
     # best_of_n and evaluate too changed no figure and cost time.
-    unsorted, sorted_ = (load(folder / f"rank_{k}_summary.json") for k in ("unsorted", "sorted"))
+    unsorted, sorted_ = (_load(folder / f"rank_{k}_summary.json") for k in ("unsorted", "sorted"))
     assert unsorted["prompts"] == sorted_["prompts"]
     assert f"took {unsorted['wall_s']:.1f} s unsorted and {sorted_['wall_s']:.1f} s sorted" in table
-    everywhere = load(folder / "sorted_everywhere_metrics.json")
+    everywhere = _load(folder / "sorted_everywhere_metrics.json")
     assert everywhere["models"] == packed["models"]
     seconds = [
         f"{m['stages_wall_s'][s]:.1f} s"
@@ -898,34 +897,31 @@ def test_large_model_rm_figures_are_the_saved_run():
     beside the default run's, and every model before PPO is the default run's."""
     ablations = REPO / "experiments" / "results" / "instructgpt_ablations"
     folder = ablations / "rm_from_large_sft_model"
-    load = lambda path: json.loads(path.read_text())  # noqa: E731
-    default = load(NO_SIGNOFFS_RUN / "metrics.json")
-    large = load(folder / "metrics.json")
-    alone = load(folder / "rm_summary.json")
+    default = _load(NO_SIGNOFFS_RUN / "metrics.json")
+    large = _load(folder / "metrics.json")
+    alone = _load(folder / "rm_summary.json")
     assert large["rm"]["heldout_pairwise_accuracy"] == alone["heldout_pairwise_accuracy"]
     for name, model in large["models"].items():
         assert (model == default["models"][name]) == (name not in ("ppo_small", "ppo_ptx_small"))
     table = " ".join((ablations / "README.md").read_text().split())
-    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
-    interval = lambda x: f"{pct(x['rate'])} [{100 * x['low']:.1f}, {100 * x['high']:.1f}]"  # noqa: E731
 
     def cells(m):
         rm, bon = m["rm"], m["best_of_n"]
         low, high = rm["heldout_accuracy_prompt_bootstrap95"]
         families = " / ".join(
-            pct(m["rm_families"][f]["rm_accuracy"])
+            _pct(m["rm_families"][f]["rm_accuracy"])
             for f in ("add", "qa", "repeat", "reverse", "sort")
         )
-        win = lambda n: interval(m["models"][n]["win_rate_vs_baseline"])  # noqa: E731
+        win = lambda n: _interval(m["models"][n]["win_rate_vs_baseline"])  # noqa: E731
         net = lambda n: sum(  # noqa: E731
             r["wins"] - r["losses"] for r in m["models"][n]["outcomes_by_family"].values()
         )
         kl = m["ppo"]["ppo"]["eval_kl"], m["ppo"]["ppo_ptx"]["eval_kl"]
         return {
-            "acc": f"{pct(rm['heldout_pairwise_accuracy'])} [{100 * low:.1f}, {100 * high:.1f}]",
+            "acc": f"{_pct(rm['heldout_pairwise_accuracy'])} [{100 * low:.1f}, {100 * high:.1f}]",
             "families": families,
-            "sample_pairs": pct(bon["rm_accuracy_on_gold_ordered_sample_pairs"]),
-            "pick": interval(bon["win_rate_vs_sft_greedy"]["rm_best"]),
+            "sample_pairs": _pct(bon["rm_accuracy_on_gold_ordered_sample_pairs"]),
+            "pick": _interval(bon["win_rate_vs_sft_greedy"]["rm_best"]),
             "win": f"{win('ppo_small')} / {win('ppo_ptx_small')}",
             "net": f"{net('ppo_small'):+d} / {net('ppo_ptx_small'):+d}",
             "kl": f"{kl[0]:.3f} / {kl[1]:.3f}",
@@ -934,10 +930,10 @@ def test_large_model_rm_figures_are_the_saved_run():
     small, big = cells(default), cells(large)
     agreement = default["headline"]["labeler_agreement"]
     assert agreement == large["headline"]["labeler_agreement"]
-    gold = pct(default["best_of_n"]["win_rate_vs_sft_greedy"]["gold_best"]["rate"])
+    gold = _pct(default["best_of_n"]["win_rate_vs_sft_greedy"]["gold_best"]["rate"])
     for label, key in (
         (
-            f"RM held-out accuracy [95% prompt bootstrap] (labelers agree on {pct(agreement)})",
+            f"RM held-out accuracy [95% prompt bootstrap] (labelers agree on {_pct(agreement)})",
             "acc",
         ),
         ("RM accuracy on add / qa / repeat / reverse / sort", "families"),
@@ -965,10 +961,10 @@ def test_large_model_rm_figures_are_the_saved_run():
     assert line in table, line
     assert f"costs {seconds[1] / seconds[0]:.1f}x the RM stage's time" in table
     readme = " ".join((REPO / "README.md").read_text().split())
-    pick = lambda m: pct(m["best_of_n"]["win_rate_vs_sft_greedy"]["rm_best"]["rate"])  # noqa: E731
-    win = lambda m, n: pct(m["models"][n]["win_rate_vs_baseline"]["rate"])  # noqa: E731
+    pick = lambda m: _pct(m["best_of_n"]["win_rate_vs_sft_greedy"]["rm_best"]["rate"])  # noqa: E731
+    win = lambda m, n: _pct(m["models"][n]["win_rate_vs_baseline"]["rate"])  # noqa: E731
     quoted = (
-        f"RM {pct(rm_large)} instead of {pct(rm_small)}, its pick of 8 SFT samples {pick(large)} "
+        f"RM {_pct(rm_large)} instead of {_pct(rm_small)}, its pick of 8 SFT samples {pick(large)} "
         f"instead of {pick(default)}, and PPO still level with SFT ({win(large, 'ppo_small')}; "
         f"PPO-ptx {win(large, 'ppo_ptx_small')})"
     )
@@ -981,9 +977,8 @@ def test_packed_ptx_figures_are_the_saved_runs():
     quote their files, and the packed run changes no model but PPO-ptx."""
     ablations = REPO / "experiments" / "results" / "instructgpt_ablations"
     folder = ablations / "packed_ptx"
-    load = lambda path: json.loads(path.read_text())  # noqa: E731
-    one = [load(folder / f"ppo_ptx_one_per_row_{i}.json") for i in (1, 2)]
-    packed = [load(folder / f"ppo_ptx_packed_{i}.json") for i in (1, 2)]
+    one = [_load(folder / f"ppo_ptx_one_per_row_{i}.json") for i in (1, 2)]
+    packed = [_load(folder / f"ppo_ptx_packed_{i}.json") for i in (1, 2)]
     table = " ".join((ablations / "README.md").read_text().split())
     for i, label in enumerate(("first pair, s (of which XLA compiling)", "second pair")):
         line = (
@@ -1003,8 +998,8 @@ def test_packed_ptx_figures_are_the_saved_runs():
     assert line in table, line
     saved = [one[i]["wall_s"] - packed[i]["wall_s"] for i in (0, 1)]
     assert f"{max(saved[0], 0):.0f} and {saved[1]:.1f} s saved in the two pairs" in table
-    default = load(NO_SIGNOFFS_RUN / "metrics.json")
-    metrics = load(folder / "packed_metrics.json")
+    default = _load(NO_SIGNOFFS_RUN / "metrics.json")
+    metrics = _load(folder / "packed_metrics.json")
     for name, model in metrics["models"].items():
         assert (model == default["models"][name]) == (name != "ppo_ptx_small"), name
     win = lambda m: instructgpt_report._pct(  # noqa: E731
@@ -1093,9 +1088,8 @@ def test_equal_steps_figures_are_the_saved_runs():
     against the packed run whose large model had half the steps; only the large model's stages
     and the evaluation differ, and the page's table quotes both runs."""
     ablations = REPO / "experiments" / "results" / "instructgpt_ablations"
-    load = lambda path: json.loads(path.read_text())  # noqa: E731
-    half = load(ablations / "packed_documents" / "packed_preset_metrics.json")
-    equal = load(NO_SIGNOFFS_RUN / "metrics.json")
+    half = _load(ablations / "packed_documents" / "packed_preset_metrics.json")
+    equal = _load(NO_SIGNOFFS_RUN / "metrics.json")
     for name in ("base_small_zero_shot", "sft_small", "ppo_small", "ppo_ptx_small"):
         assert half["models"][name] == equal["models"][name], name
     assert half["rm"]["heldout_pairwise_accuracy"] == equal["rm"]["heldout_pairwise_accuracy"]
@@ -1105,7 +1099,7 @@ def test_equal_steps_figures_are_the_saved_runs():
     )
     rate = lambda m, n: f"{100 * m['models'][n]['win_rate_vs_baseline']['rate']:.1f}%"  # noqa: E731
     nll = lambda folder, prefix: " / ".join(  # noqa: E731
-        f"{load(ablations / folder / f'{stage}{prefix}summary.json')['eval_nll']:.3f}"
+        f"{_load(ablations / folder / f'{stage}{prefix}summary.json')['eval_nll']:.3f}"
         for stage in ("pretrain_large", "sft_large")
     )
     rows = [
