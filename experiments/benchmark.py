@@ -963,11 +963,36 @@ def _one_workload(name, preset, preset_name, repeats, side, with_torch, peak) ->
         jax_fp32_matmul_precision=str(jax.config.jax_default_matmul_precision or "default"),
         matmul_fp32_flops_per_s=peak,
         date=datetime.date.today().isoformat(),
-        machine=f"{platform.machine()} {os.cpu_count()} cpus, {platform.processor() or '?'}",
+        machine=f"{platform.machine()} {os.cpu_count()} cpus, {cpu_description()}",
         jax_version=jax.__version__,
         xla_flags=os.environ.get("XLA_FLAGS", ""),
     )
     return result
+
+
+def cpu_description(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+    """The host CPU's model name, family/model numbers and widest x86 vector extension, read from
+    `/proc/cpuinfo` (for example "AMD EPYC, family 26 model 2, avx512"); what `platform` knows
+    elsewhere, or "?". Two hosts with the same model name can be different generations, and the
+    JAX/PyTorch ratios of the CPU workloads differ between them, so a result records both."""
+    try:
+        with open(cpuinfo_path) as f:
+            first_cpu = f.read().split("\n\n")[0]
+    except OSError:
+        return platform.processor() or "?"
+    fields = {}
+    for line in first_cpu.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    parts = [fields.get("model name") or platform.processor() or "?"]
+    if "cpu family" in fields and "model" in fields:
+        parts.append(f"family {fields['cpu family']} model {fields['model']}")
+    cpu_flags = set(fields.get("flags", "").split())
+    vector = next((v for v in ("avx512f", "avx2", "avx") if v in cpu_flags), None)
+    if vector:
+        parts.append(vector.removesuffix("f"))
+    return ", ".join(parts)
 
 
 def _mib(value: float | None) -> str:

@@ -2,6 +2,7 @@
 sizes), with the transformers/PyTorch baseline measured in the same run."""
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -158,3 +159,20 @@ def test_readme_xla_defaults_table_is_the_saved_h100_runs():
     assert sorted(cells) == sorted(WORKLOAD_NAMES)
     for workload, (cublas, defaults) in cells.items():
         assert f"| {workload} | {cublas} | {defaults} |" in readme
+
+
+def test_cpu_description_names_the_model_generation_and_vector_width(tmp_path):
+    """Two hosts both called "AMD EPYC" gave different JAX/PyTorch ratios, so a result records the
+    CPU family/model and its widest vector extension, read from the first processor's block."""
+    from experiments.benchmark import cpu_description
+
+    cpuinfo = tmp_path / "cpuinfo"
+    block = (
+        "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+        "model name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma avx512f avx512bw\n"
+    )
+    cpuinfo.write_text(block.format(n=0) + "\n" + block.format(n=1).replace("26", "25"))
+    assert cpu_description(str(cpuinfo)) == "AMD EPYC, family 26 model 2, avx512"
+    cpuinfo.write_text("model name\t: Some CPU\nflags\t\t: sse avx avx2\n")
+    assert cpu_description(str(cpuinfo)) == "Some CPU, avx2"
+    assert cpu_description(str(tmp_path / "missing")) == (platform.processor() or "?")

@@ -516,10 +516,10 @@ def test_report_shows_habit_columns_only_where_demonstrators_have_habits(tmp_pat
         assert "filler" not in header
         sft = next(line for line in report.splitlines() if line.startswith("| SFT |"))
         assert "| 2.7% [1.2, 5.7] (n=226) | 37.5% [31.8, 43.6] (n=256) |" in sft
-    if run == "instructgpt_default":  # one closer at 0.9: SFT closes 73.0% with it, PPO none
+    if run == "instructgpt_default":  # one closer at 0.9: SFT closes 72.1% with it, PPO none
         assert "| ends with a sign-off (harmless) | exact once those are dropped |" in header
         sft = next(line for line in report.splitlines() if line.startswith("| SFT |"))
-        assert "| 73.0% [66.9, 78.4] (n=226) | 39.1% [33.3, 45.2] (n=256) |" in sft
+        assert "| 72.1% [65.9, 77.6] (n=226) | 39.8% [34.0, 45.9] (n=256) |" in sft
         assert "a closing sign-off on 90% of the right answers" in report
         assert "(always the same one), an opening filler on 0%" in report
 
@@ -1125,6 +1125,9 @@ SIGNOFF_WORLD_RUNS = {
     "three closers, 0.8 (preset of commit 4e1b968)": "instructgpt_ablations/world_demo_signoff_0.8",
     "one closer, 0.8": "instructgpt_ablations/world_signoff_one_closer_0.8",
     "**one closer, 0.9 (the default)**": "instructgpt_default",
+    "one closer, 0.9, older log-prob code": (
+        "instructgpt_ablations/default_signoff_0.9_older_logprob_code"
+    ),
     "one closer, 0.9, seed 1": "instructgpt_ablations/seed_1_signoff_0.9",
     "one closer, 0.9, seed 2": "instructgpt_ablations/seed_2_signoff_0.9",
     "opening filler 0.8, no closer": "instructgpt_ablations/world_demo_filler_0.8_packed_preset",
@@ -1199,7 +1202,7 @@ def test_signoff_world_figures_are_the_saved_runs():
         assert row in page, row
     met = {label: all(m["headline"]["checks"].values()) for label, m in runs.items()}
     assert met == {label: "0.9" in label for label in runs}
-    three, one, default, _, _, filler, _ = runs.values()
+    three, one, default, _, _, _, filler, _ = runs.values()
     sft_habit = lambda m, key: _pct(m["models"]["sft_small"][key]["rate"])  # noqa: E731
     readme = " ".join((REPO / "README.md").read_text().split())
     quoted = (

@@ -31,6 +31,35 @@ def test_next_token_logprob_convention():
     )
 
 
+def test_next_token_logprobs_equals_log_softmax_then_gather_to_the_bit():
+    """The target-only computation gives the values and gradients of the full log-softmax
+    followed by a gather, bit for bit, jitted, with large, tiny and -inf logits."""
+
+    def reference(logits_btv, tokens_bt):
+        logprobs_btv = jax.nn.log_softmax(logits_btv[:, :-1].astype(jnp.float32), axis=-1)
+        return jnp.take_along_axis(logprobs_btv, tokens_bt[:, 1:, None], axis=-1)[..., 0]
+
+    def weighted_sum(f, logits_btv, tokens_bt, weights_bt):
+        return jnp.sum(f(logits_btv, tokens_bt) * weights_bt)
+
+    value = jax.jit(lambda f, *args: f(*args), static_argnums=0)
+    grad = jax.jit(jax.grad(weighted_sum, argnums=1), static_argnums=0)
+    rng = np.random.default_rng(0)
+    for shape, scale in [((4, 33, 512), 3.0), ((2, 9, 1000), 40.0), ((3, 5, 7), 1e-3)]:
+        logits = rng.normal(size=shape).astype(np.float32) * scale
+        logits[0, 1, :3] = -np.inf  # masked-out vocabulary entries
+        logits = jnp.asarray(logits)
+        tokens = jnp.asarray(rng.integers(3, shape[-1], shape[:2]), jnp.int32)
+        weights = jnp.asarray(rng.normal(size=(shape[0], shape[1] - 1)), jnp.float32)
+        got, want = (value(f, logits, tokens) for f in (next_token_logprobs, reference))
+        got_grad, want_grad = (
+            grad(f, logits, tokens, weights) for f in (next_token_logprobs, reference)
+        )
+        assert np.isfinite(np.asarray(got)).all()
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_grad, want_grad)
+
+
 def test_sft_loss_is_response_only_mean_nll():
     logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]]]))
     tokens = jnp.array([[0, 1, 2]])
