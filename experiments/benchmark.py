@@ -30,6 +30,7 @@ the compiled program's temporary buffers), the torch figures and `speedup_jax_ov
   python -m experiments.benchmark --preset=tiny        # seconds; used by the tests
   python -m experiments.benchmark --from_jsonl=experiments/results/benchmark_cpu.jsonl  # table
   python -m experiments.benchmark --matmuls            # the body's matmul shapes, XLA vs torch
+  python -m experiments.benchmark --ratios=RUN1.jsonl,RUN2.jsonl  # JAX / PyTorch ratios per run
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ _MATMULS = flags.DEFINE_bool(
 )
 _FROM_JSONL = flags.DEFINE_string(
     "from_jsonl", None, "Run nothing: print the markdown table of a saved JSON-lines file."
+)
+_RATIOS = flags.DEFINE_list(
+    "ratios",
+    None,
+    "Run nothing: print one row per saved JSON-lines file (comma-separated paths) with its host "
+    "and each workload's JAX / PyTorch ratio, to compare runs on different machines.",
 )
 
 PRESETS = {
@@ -1047,6 +1054,36 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _read_jsonl(path: str) -> list[dict]:
+    """Result dicts of a saved run (stdout: JSON lines, then possibly the printed table)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.startswith("{")]
+
+
+def ratio_table(paths: list[str]) -> str:
+    """Markdown: one row per saved run (file name, date, machine, measured fp32 matmul rate) and
+    its JAX / PyTorch ratio for every workload any of the runs has ("n/a" where it has none)."""
+    runs = [(path, {r["workload"]: r for r in _read_jsonl(path)}) for path in paths]
+    workloads = sorted({name for _, results in runs for name in results})
+    lines = [
+        "| run | date | machine | fp32 matmul rate | " + " | ".join(workloads) + " |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in workloads) + " |",
+    ]
+    for path, results in runs:
+        first = next(iter(results.values()))
+        cells = [
+            f"`{os.path.basename(path)}`",
+            first["date"],
+            first["machine"],
+            f"{first['matmul_fp32_flops_per_s'] / 1e9:,.0f} GFLOP/s",
+        ]
+        for name in workloads:
+            ratio = results.get(name, {}).get("speedup_jax_over_torch")
+            cells.append("n/a" if ratio is None else f"{ratio:.2f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -1056,9 +1093,10 @@ def main(argv):
 
     jax.config.update("jax_enable_compilation_cache", False)
     if _FROM_JSONL.value:
-        with open(_FROM_JSONL.value) as f:
-            # Saved stdout holds the JSON lines and then, unless --notable, the table itself.
-            print(markdown_table([json.loads(line) for line in f if line.startswith("{")]))
+        print(markdown_table(_read_jsonl(_FROM_JSONL.value)))
+        return
+    if _RATIOS.value:
+        print(ratio_table(_RATIOS.value))
         return
     if _MATMULS.value:
         preset = PRESETS[common.PRESET.value or "design"]

@@ -121,11 +121,11 @@ def test_table_from_saved_stdout_skips_the_printed_table_and_names_xla_flags(tmp
 
 def test_readme_benchmark_tables_are_the_saved_runs_rendered():
     """Every row of the README's full benchmark tables is `--from_jsonl`'s rendering of a
-    committed run, figure for figure (the CPU table only adds "(slower)"/"(par)" after a ratio)."""
+    committed run, figure for figure."""
     from experiments.benchmark import markdown_table
 
     with open("README.md") as f:
-        readme = f.read().replace(" (slower)", "").replace(" (par)", "")
+        readme = f.read()
     for path in (
         "experiments/results/benchmark_cpu.jsonl",
         "experiments/results/benchmark_gpu_h200.jsonl",
@@ -176,3 +176,61 @@ def test_cpu_description_names_the_model_generation_and_vector_width(tmp_path):
     cpuinfo.write_text("model name\t: Some CPU\nflags\t\t: sse avx avx2\n")
     assert cpu_description(str(cpuinfo)) == "Some CPU, avx2"
     assert cpu_description(str(tmp_path / "missing")) == (platform.processor() or "?")
+
+
+CPU_RUNS = [
+    "experiments/results/benchmark_cpu_2026-11-25.jsonl",
+    "experiments/results/benchmark_cpu_before_target_logprobs.jsonl",
+    "experiments/results/benchmark_cpu.jsonl",
+    "experiments/results/benchmark_cpu_repeat.jsonl",
+]
+
+
+def test_readme_cpu_hosts_table_and_ranges_are_the_saved_runs():
+    """The README's table of JAX / PyTorch ratios on the CPU hosts is `--ratios` of the saved runs
+    (command and output), and the ranges its prose quotes are theirs: the training steps' and the
+    other workloads' ratios on today's host, the log-prob change's before/after, and the matmul
+    kernels' rates on both hosts."""
+    from experiments.benchmark import _read_jsonl, ratio_table
+
+    with open("README.md") as f:
+        readme = f.read()
+    assert ratio_table(CPU_RUNS) in readme
+    command = "--ratios=" + ",".join(p.replace("experiments/results", "$R") for p in CPU_RUNS)
+    assert command in readme
+    flat = " ".join(readme.split())
+    ratio = {
+        path: {r["workload"]: r["speedup_jax_over_torch"] for r in _read_jsonl(path)}
+        for path in CPU_RUNS
+    }
+    old, before, now, repeat = ratio.values()
+    assert min(now.values()) > 1  # the README's claim: faster on all five on today's host
+    training = [now["a_sft_step"], now["b_reward_step"]]
+    others = [now[k] for k in ("c_generation", "d_rollout_scoring", "e_ppo_update")]
+    assert f"{min(training):.2f}-{max(training):.2f}x on the SFT and reward-model steps" in flat
+    assert f"{min(others):.1f}-{max(others):.1f}x on generation, scoring and the PPO update" in flat
+    assert f"slower than PyTorch ({old['a_sft_step']:.2f}x, {old['b_reward_step']:.2f}x)" in flat
+    after = sorted([now["a_sft_step"], repeat["a_sft_step"]])
+    assert f"(a) from {before['a_sft_step']:.2f}x to {after[0]:.2f}-{after[1]:.2f}x" in flat
+    scoring = sorted([now["d_rollout_scoring"], repeat["d_rollout_scoring"]])
+    assert f"from {before['d_rollout_scoring']:.2f}x to {scoring[0]:.2f}-{scoring[1]:.2f}x" in flat
+    assert f"faster on all five, {min(now.values()):.2f}-{max(now.values()):.2f}x" in flat
+
+    def rates(path: str, key: str, transposed: bool | None = None) -> str:
+        rows = [r for r in _read_jsonl(path) if transposed in (None, r["rhs_transposed"])]
+        values = [r[key] for r in rows]
+        return f"{min(values):.0f}-{max(values):.0f}"
+
+    old_mm = "experiments/results/benchmark_matmuls_cpu_2026-11-25.jsonl"
+    new_mm = "experiments/results/benchmark_matmuls_cpu.jsonl"
+    quoted = [
+        f"ran at {rates(old_mm, 'jax_gflops')} GFLOP/s against torch's "
+        f"{rates(old_mm, 'torch_gflops')} there",
+        f"the backward's dy @ W^T shapes {rates(old_mm, 'jax_gflops', True)} against "
+        f"{rates(old_mm, 'torch_gflops', True)}",
+        f"and at {rates(new_mm, 'jax_gflops')} against {rates(new_mm, 'torch_gflops')} here",
+    ]
+    for text in quoted:
+        assert text in flat, text
+    speedups = [r["jax_gflops"] / r["torch_gflops"] for r in _read_jsonl(new_mm)]
+    assert f"faster than torch's by {min(speedups):.1f}-{max(speedups):.1f}x" in flat
