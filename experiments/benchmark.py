@@ -31,6 +31,7 @@ the compiled program's temporary buffers), the torch figures and `speedup_jax_ov
   python -m experiments.benchmark --from_jsonl=experiments/results/benchmark_cpu.jsonl  # table
   python -m experiments.benchmark --matmuls            # the body's matmul shapes, XLA vs torch
   python -m experiments.benchmark --ratios=RUN1.jsonl,RUN2.jsonl  # JAX / PyTorch ratios per run
+  python -m experiments.benchmark --phases             # (a), (b): forward, backward, optimizer
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ _MATMULS = flags.DEFINE_bool(
     False,
     "Run nothing else: time the model's matmul shapes (forward x @ W and the backward's "
     "dy @ W^T) in XLA and in torch, to explain the training workloads' ratios.",
+)
+_PHASES = flags.DEFINE_bool(
+    "phases",
+    False,
+    "Run nothing else: time the training workloads (a) and (b) phase by phase (forward, "
+    "backward, optimizer) in rlhf_jax and in transformers/PyTorch, JSON lines then a table.",
 )
 _FROM_JSONL = flags.DEFINE_string(
     "from_jsonl", None, "Run nothing: print the markdown table of a saved JSON-lines file."
@@ -902,6 +909,163 @@ def bench_matmuls(preset: dict, repeats: int, side: TorchSide) -> list[dict]:
     return results
 
 
+def _interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each call, timed round-robin (one warm-up call each first), so that a
+    host that speeds up or slows down during the run touches every call alike; phases are
+    differences of these medians, so they must come from the same stretch of time."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _jax_phase_calls(forward, params, batch: dict) -> dict[str, Callable[[], object]]:
+    """The library's forward (loss only, nothing kept for a backward), its gradients, and the
+    jitted training step on a 1-device mesh as in workloads (a) and (b)."""
+    import jax
+
+    from rlhf_jax import sharding
+
+    placed = sharding.put_batch(batch, sharding.make_mesh(devices=jax.devices()[:1]))
+    rng = jax.random.key(0)
+    loss = jax.jit(lambda p, b: forward(p, b, rng, False)[0])
+    grads = jax.jit(jax.grad(lambda p, b: forward(p, b, rng, False)[0]))
+    run, _, _ = _jit_library_step(forward, params, batch, 0)
+    return {
+        "jax_forward": lambda: jax.block_until_ready(loss(params, placed)),
+        "jax_gradients": lambda: jax.block_until_ready(grads(params, placed)),
+        "jax_step": run,
+    }
+
+
+def _torch_phase_calls(loss_fn, parameters) -> dict[str, Callable[[], object]]:
+    """A torch loss's forward under `no_grad` (like JAX's forward-only program, nothing kept for
+    a backward), forward + `backward()`, and that + AdamW's step (torch on the CPU)."""
+    import torch
+
+    opt = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+
+    def forward():
+        with torch.no_grad():
+            return loss_fn().item()
+
+    def gradients():
+        opt.zero_grad()
+        loss_fn().backward()
+
+    def step():
+        gradients()
+        opt.step()
+
+    return {"torch_forward": forward, "torch_gradients": gradients, "torch_step": step}
+
+
+def _phases(medians: dict[str, float], side: str) -> dict:
+    return {
+        "forward_s": medians[f"{side}_forward"],
+        "gradients_s": medians[f"{side}_gradients"],
+        "step_s": medians[f"{side}_step"],
+    }
+
+
+def bench_phases(preset: dict, repeats: int, side: TorchSide) -> list[dict]:
+    """Workloads (a) and (b) split into phases on both sides: forward, backward (gradients minus
+    forward) and the rest of the step (step minus gradients: the optimizer, and in rlhf_jax also
+    the gradient norm, the non-finite check and the metrics), to show where a training step's
+    ratio comes from. Same weights and batches as the workloads; the six calls of a workload are
+    timed round-robin, `repeats` rounds."""
+    import numpy as np
+    import torch
+
+    from rlhf_jax.models import CausalLM, ScalarModel
+    from rlhf_jax.training import steps
+
+    cfg = _model_config(preset)
+    rows, seq = preset["batch"], preset["context"]
+    results = []
+    # (a): SFT, loss on the second half of each row.
+    lm = CausalLM(cfg)
+    tokens = _train_batch(preset, rows)
+    loss_mask = np.zeros_like(tokens, bool)
+    loss_mask[:, seq // 2 :] = True
+    params = _params(lm, seq, 0)
+    batch = dict(tokens_bt=tokens, mask_bt=np.ones_like(loss_mask), loss_mask_bt=loss_mask)
+    ids = side.tensor(tokens, torch.long)
+    labels = ids.masked_fill(~side.tensor(loss_mask), -100)
+    with _torch_lm(cfg, params, side) as model:
+        model.train()  # dropout is 0 in the config
+        calls = {
+            **_jax_phase_calls(steps.sft_forward(lm), params, batch),
+            **_torch_phase_calls(
+                lambda: model(input_ids=ids, labels=labels).loss, model.parameters()
+            ),
+        }
+        medians = _interleaved_medians(calls, repeats)
+    results.append(
+        {
+            "workload": "a_sft_step",
+            "jax": _phases(medians, "jax"),
+            "torch": _phases(medians, "torch"),
+        }
+    )
+    # (b): reward model, pairs of responses, each scored once.
+    scalar = ScalarModel(cfg)
+    tokens = _train_batch(preset, 2 * rows).reshape(rows, 2, seq)
+    prefers = np.zeros((rows, 2, 2), bool)
+    prefers[:, 0, 1] = True
+    params = _params(scalar, seq, 0)
+    batch = dict(tokens_bkt=tokens, mask_bkt=np.ones_like(tokens, bool), prefers_bkk=prefers)
+    ids = side.tensor(tokens.reshape(2 * rows, seq), torch.long)
+    with _torch_scalar(cfg, params, side) as (base, head):
+        base.train()
+        head.bias.requires_grad_(False)
+
+        def pair_loss():
+            rewards = head(base(input_ids=ids).last_hidden_state[:, -1])[:, 0].view(rows, 2)
+            return -torch.nn.functional.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()
+
+        calls = {
+            **_jax_phase_calls(steps.reward_forward(scalar), params, batch),
+            **_torch_phase_calls(pair_loss, [*base.parameters(), head.weight]),
+        }
+        medians = _interleaved_medians(calls, repeats)
+    results.append(
+        {
+            "workload": "b_reward_step",
+            "jax": _phases(medians, "jax"),
+            "torch": _phases(medians, "torch"),
+        }
+    )
+    for result in results:
+        result.update(preset=dict(preset), repeats=repeats, date=datetime.date.today().isoformat())
+    return results
+
+
+def phases_table(results: list[dict]) -> str:
+    """Markdown: per workload, the seconds of each phase on both sides and JAX's speed relative
+    to PyTorch's (torch seconds / JAX seconds)."""
+    lines = [
+        "| workload | phase | rlhf_jax | PyTorch | JAX / PyTorch |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        phases = {
+            "forward": lambda s: s["forward_s"],
+            "backward (gradients - forward)": lambda s: s["gradients_s"] - s["forward_s"],
+            "rest of the step (step - gradients)": lambda s: s["step_s"] - s["gradients_s"],
+            "whole step": lambda s: s["step_s"],
+        }
+        for phase, seconds in phases.items():
+            j, t = seconds(r["jax"]), seconds(r["torch"])
+            lines.append(f"| {r['workload']} | {phase} | {j:.3g} s | {t:.3g} s | {t / j:.2f}x |")
+    return "\n".join(lines)
+
+
 WORKLOADS = {
     "a": bench_sft,
     "b": bench_reward,
@@ -1097,6 +1261,13 @@ def main(argv):
         return
     if _RATIOS.value:
         print(ratio_table(_RATIOS.value))
+        return
+    if _PHASES.value:
+        preset = PRESETS[common.PRESET.value or "design"]
+        results = bench_phases(preset, _REPEATS.value, _torch_side(_THREADS.value, "cpu"))
+        for row in results:
+            print(json.dumps(row), flush=True)
+        print("\n" + phases_table(results))
         return
     if _MATMULS.value:
         preset = PRESETS[common.PRESET.value or "design"]

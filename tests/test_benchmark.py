@@ -234,3 +234,45 @@ def test_readme_cpu_hosts_table_and_ranges_are_the_saved_runs():
         assert text in flat, text
     speedups = [r["jax_gflops"] / r["torch_gflops"] for r in _read_jsonl(new_mm)]
     assert f"faster than torch's by {min(speedups):.1f}-{max(speedups):.1f}x" in flat
+
+
+def test_phases_split_the_training_steps_on_both_sides_and_the_readme_quotes_the_saved_run():
+    """`--phases` times (a) and (b) as forward, gradients and whole step in rlhf_jax and torch
+    (tiny sizes here), prints JSON lines and the table; the README's phase table and the figures
+    its prose quotes are the saved run's."""
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.benchmark", "--phases", "--preset=tiny", "--repeats=2"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    from experiments.benchmark import _read_jsonl, phases_table
+
+    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [r["workload"] for r in results] == ["a_sft_step", "b_reward_step"]
+    for result in results:
+        assert result["repeats"] == 2 and result["preset"]["width"] == 32
+        for side in ("jax", "torch"):
+            assert sorted(result[side]) == ["forward_s", "gradients_s", "step_s"]
+            assert all(seconds > 0 for seconds in result[side].values())
+    assert phases_table(results) in out.stdout
+    saved = _read_jsonl("experiments/results/benchmark_phases_cpu.jsonl")
+    with open("README.md") as f:
+        readme = f.read()
+    assert phases_table(saved) in readme
+    sft, rm = saved
+    flat = " ".join(readme.split())
+    speed = lambda r, key: r["torch"][key] / r["jax"][key]  # noqa: E731
+    backward = lambda r, side: r[side]["gradients_s"] - r[side]["forward_s"]  # noqa: E731
+    rest = lambda r, side: r[side]["step_s"] - r[side]["gradients_s"]  # noqa: E731
+    quoted = [
+        f"({speed(sft, 'forward_s'):.2f}x on the SFT step, {speed(rm, 'forward_s'):.2f}x on the "
+        "reward model's)",
+        f"its backward is {backward(sft, 'torch') / backward(sft, 'jax'):.2f}x PyTorch's",
+        f"({rest(sft, 'jax'):.3f} s, against {rest(sft, 'torch'):.3g} s of AdamW for PyTorch)",
+        f"ran slower than the whole step ({rm['jax']['gradients_s']:.2f} s against "
+        f"{rm['jax']['step_s']:.2f} s)",
+    ]
+    for text in quoted:
+        assert text in flat, text
