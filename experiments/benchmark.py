@@ -447,22 +447,46 @@ def _jit_library_step(forward, params, batch: dict, seed: int):
     return run, compile_s, compiled
 
 
-def bench_sft(preset: dict, repeats: int, side: TorchSide, with_torch: bool, peak: float):
-    """(a): SFT tokens/s, one AdamW step on 16 sequences x 256 tokens, loss on the second half."""
+def _sft_setup(preset: dict) -> tuple[Any, Any, dict]:
+    """(a)'s (CausalLM, params, batch): `batch` rows of random tokens, the loss on the second
+    half of each row (the "response")."""
     import numpy as np
 
-    from rlhf_jax import losses
     from rlhf_jax.models import CausalLM
+
+    lm = CausalLM(_model_config(preset))
+    tokens = _train_batch(preset, preset["batch"])
+    loss_mask = np.zeros_like(tokens, bool)
+    loss_mask[:, preset["context"] // 2 :] = True
+    data = dict(tokens_bt=tokens, mask_bt=np.ones_like(loss_mask), loss_mask_bt=loss_mask)
+    return lm, _params(lm, preset["context"], 0), data
+
+
+def _reward_setup(preset: dict) -> tuple[Any, Any, dict]:
+    """(b)'s (ScalarModel, params, batch): `batch` comparisons of two random responses, the
+    first preferred."""
+    import numpy as np
+
+    from rlhf_jax.models import ScalarModel
+
+    pairs, seq = preset["batch"], preset["context"]
+    scalar = ScalarModel(_model_config(preset))
+    tokens = _train_batch(preset, 2 * pairs).reshape(pairs, 2, seq)
+    prefers = np.zeros((pairs, 2, 2), bool)
+    prefers[:, 0, 1] = True  # response 0 preferred to response 1
+    data = dict(tokens_bkt=tokens, mask_bkt=np.ones_like(tokens, bool), prefers_bkk=prefers)
+    return scalar, _params(scalar, seq, 0), data
+
+
+def bench_sft(preset: dict, repeats: int, side: TorchSide, with_torch: bool, peak: float):
+    """(a): SFT tokens/s, one AdamW step on 16 sequences x 256 tokens, loss on the second half."""
+    from rlhf_jax import losses
     from rlhf_jax.training import steps
 
     cfg = _model_config(preset)
     batch, seq = preset["batch"], preset["context"]
-    lm = CausalLM(cfg)
-    tokens = _train_batch(preset, batch)
-    loss_mask = np.zeros_like(tokens, bool)
-    loss_mask[:, seq // 2 :] = True  # the "response": the loss is on these tokens only
-    params = _params(lm, seq, 0)
-    data = dict(tokens_bt=tokens, mask_bt=np.ones_like(loss_mask), loss_mask_bt=loss_mask)
+    lm, params, data = _sft_setup(preset)
+    tokens, loss_mask = data["tokens_bt"], data["loss_mask_bt"]
     run, compile_s, compiled = _jit_library_step(steps.sft_forward(lm), params, data, 0)
     # The first two steps' losses (the second after one AdamW update), compared with torch's.
     first_losses = [float(losses.metrics_mean(run())["loss"]) for _ in range(2)]
@@ -480,45 +504,73 @@ def bench_sft(preset: dict, repeats: int, side: TorchSide, with_torch: bool, pea
     return result
 
 
-def _torch_sft(cfg, params, tokens, loss_mask, repeats: int, side: TorchSide):
-    """((a) stats, losses of the first two steps) for the same step in transformers/PyTorch."""
+@contextlib.contextmanager
+def _torch_sft_loss(cfg, params, tokens, loss_mask, side: TorchSide) -> Iterator[tuple[Any, list]]:
+    """(loss(), trained parameters) of (a) in transformers/PyTorch: a causal LM holding `params`,
+    its mean NLL on the tokens `loss_mask` marks (labels -100 elsewhere)."""
     import torch
 
     ids = side.tensor(tokens, torch.long)
     labels = ids.masked_fill(~side.tensor(loss_mask), -100)  # -100: no loss there
     with _torch_lm(cfg, params, side) as model:
         model.train()  # dropout is 0 in the config
-        opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+        yield (lambda: model(input_ids=ids, labels=labels).loss), list(model.parameters())
 
-        def run():
-            loss = model(input_ids=ids, labels=labels).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss.item()
 
-        first_losses = [run() for _ in range(2)]
-        stats = _summary(side.timed(run, repeats), ids.numel(), "tokens")
+@contextlib.contextmanager
+def _torch_pair_loss(cfg, params, tokens, side: TorchSide) -> Iterator[tuple[Any, list]]:
+    """(loss(), trained parameters) of (b) in transformers/PyTorch: every response scored once,
+    -log sigmoid(r_0 - r_1) averaged over the comparisons."""
+    import torch
+
+    pairs, _, seq = tokens.shape
+    ids = side.tensor(tokens.reshape(2 * pairs, seq), torch.long)
+    with _torch_scalar(cfg, params, side) as (base, head):
+        base.train()  # dropout is 0 in the config
+        head.bias.requires_grad_(False)  # as rlhf_jax: the bias is set after training
+
+        def loss():
+            rewards = head(base(input_ids=ids).last_hidden_state[:, -1])[:, 0].view(pairs, 2)
+            return -torch.nn.functional.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()
+
+        yield loss, [*base.parameters(), head.weight]
+
+
+def _torch_train_step(loss_fn, parameters, repeats: int, side: TorchSide, work: float, unit: str):
+    """(stats, losses of the first two steps) of `loss_fn` trained with AdamW: forward,
+    `backward()`, `step()`, as a transformers training loop does."""
+    import torch
+
+    opt = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+
+    def run():
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    first_losses = [run() for _ in range(2)]
+    stats = _summary(side.timed(run, repeats), work, unit)
     return {**stats, **side.versions()}, first_losses
+
+
+def _torch_sft(cfg, params, tokens, loss_mask, repeats: int, side: TorchSide):
+    """((a) stats, losses of the first two steps) for the same step in transformers/PyTorch."""
+    with _torch_sft_loss(cfg, params, tokens, loss_mask, side) as (loss_fn, trained):
+        return _torch_train_step(loss_fn, trained, repeats, side, tokens.size, "tokens")
 
 
 def bench_reward(preset: dict, repeats: int, side: TorchSide, with_torch: bool, peak: float):
     """(b): RM pairs/s, one AdamW step on 16 comparisons of two 256-token sequences, each scored
     once, pairwise loss -log sigmoid(r_w - r_l)."""
-    import numpy as np
-
     from rlhf_jax import losses
-    from rlhf_jax.models import ScalarModel
     from rlhf_jax.training import steps
 
     cfg = _model_config(preset)
     pairs, seq = preset["batch"], preset["context"]
-    scalar = ScalarModel(cfg)
-    tokens = _train_batch(preset, 2 * pairs).reshape(pairs, 2, seq)
-    prefers = np.zeros((pairs, 2, 2), bool)
-    prefers[:, 0, 1] = True  # response 0 preferred to response 1
-    params = _params(scalar, seq, 0)
-    data = dict(tokens_bkt=tokens, mask_bkt=np.ones_like(tokens, bool), prefers_bkk=prefers)
+    scalar, params, data = _reward_setup(preset)
+    tokens = data["tokens_bkt"]
     run, compile_s, compiled = _jit_library_step(steps.reward_forward(scalar), params, data, 0)
     first_losses = [float(losses.metrics_mean(run())["loss"]) for _ in range(2)]
     flops = 3 * forward_flops(cfg, 2 * pairs, range(seq), 0)
@@ -535,27 +587,8 @@ def bench_reward(preset: dict, repeats: int, side: TorchSide, with_torch: bool, 
 
 def _torch_reward(cfg, params, tokens, repeats: int, side: TorchSide):
     """((b) stats, losses of the first two steps) for the same step in transformers/PyTorch."""
-    import torch
-
-    pairs, _, seq = tokens.shape
-    ids = side.tensor(tokens.reshape(2 * pairs, seq), torch.long)
-    with _torch_scalar(cfg, params, side) as (base, head):
-        base.train()  # dropout is 0 in the config
-        head.bias.requires_grad_(False)  # as rlhf_jax: the bias is set after training
-        trained = [*base.parameters(), head.weight]
-        opt = torch.optim.AdamW(trained, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-
-        def run():
-            rewards = head(base(input_ids=ids).last_hidden_state[:, -1])[:, 0].view(pairs, 2)
-            loss = -torch.nn.functional.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss.item()
-
-        first_losses = [run() for _ in range(2)]
-        stats = _summary(side.timed(run, repeats), pairs, "pairs")
-    return {**stats, **side.versions()}, first_losses
+    with _torch_pair_loss(cfg, params, tokens, side) as (loss_fn, trained):
+        return _torch_train_step(loss_fn, trained, repeats, side, tokens.shape[0], "pairs")
 
 
 def bench_generation(preset: dict, repeats: int, side: TorchSide, with_torch: bool, peak: float):
@@ -943,24 +976,29 @@ def _jax_phase_calls(forward, params, batch: dict) -> dict[str, Callable[[], obj
     }
 
 
-def _torch_phase_calls(loss_fn, parameters) -> dict[str, Callable[[], object]]:
+def _torch_phase_calls(loss_fn, parameters, side: TorchSide) -> dict[str, Callable[[], object]]:
     """A torch loss's forward under `no_grad` (like JAX's forward-only program, nothing kept for
-    a backward), forward + `backward()`, and that + AdamW's step (torch on the CPU)."""
+    a backward), forward + `backward()`, and that + AdamW's step; on CUDA each call ends with a
+    synchronize."""
     import torch
 
     opt = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    sync = torch.cuda.synchronize if side.device == "cuda" else lambda: None
 
     def forward():
         with torch.no_grad():
-            return loss_fn().item()
+            loss_fn()
+        sync()
 
     def gradients():
         opt.zero_grad()
         loss_fn().backward()
+        sync()
 
     def step():
         gradients()
         opt.step()
+        sync()
 
     return {"torch_forward": forward, "torch_gradients": gradients, "torch_step": step}
 
@@ -979,71 +1017,37 @@ def bench_phases(preset: dict, repeats: int, side: TorchSide) -> list[dict]:
     the gradient norm, the non-finite check and the metrics), to show where a training step's
     ratio comes from. Same weights and batches as the workloads; the six calls of a workload are
     timed round-robin, `repeats` rounds."""
-    import numpy as np
-    import torch
-
-    from rlhf_jax.models import CausalLM, ScalarModel
     from rlhf_jax.training import steps
 
     cfg = _model_config(preset)
-    rows, seq = preset["batch"], preset["context"]
     results = []
-    # (a): SFT, loss on the second half of each row.
-    lm = CausalLM(cfg)
-    tokens = _train_batch(preset, rows)
-    loss_mask = np.zeros_like(tokens, bool)
-    loss_mask[:, seq // 2 :] = True
-    params = _params(lm, seq, 0)
-    batch = dict(tokens_bt=tokens, mask_bt=np.ones_like(loss_mask), loss_mask_bt=loss_mask)
-    ids = side.tensor(tokens, torch.long)
-    labels = ids.masked_fill(~side.tensor(loss_mask), -100)
-    with _torch_lm(cfg, params, side) as model:
-        model.train()  # dropout is 0 in the config
+    lm, params, data = _sft_setup(preset)
+    tokens, loss_mask = data["tokens_bt"], data["loss_mask_bt"]
+    with _torch_sft_loss(cfg, params, tokens, loss_mask, side) as (loss_fn, trained):
         calls = {
-            **_jax_phase_calls(steps.sft_forward(lm), params, batch),
-            **_torch_phase_calls(
-                lambda: model(input_ids=ids, labels=labels).loss, model.parameters()
-            ),
+            **_jax_phase_calls(steps.sft_forward(lm), params, data),
+            **_torch_phase_calls(loss_fn, trained, side),
         }
-        medians = _interleaved_medians(calls, repeats)
-    results.append(
+        results.append(("a_sft_step", _interleaved_medians(calls, repeats)))
+    scalar, params, data = _reward_setup(preset)
+    with _torch_pair_loss(cfg, params, data["tokens_bkt"], side) as (loss_fn, trained):
+        calls = {
+            **_jax_phase_calls(steps.reward_forward(scalar), params, data),
+            **_torch_phase_calls(loss_fn, trained, side),
+        }
+        results.append(("b_reward_step", _interleaved_medians(calls, repeats)))
+    today = datetime.date.today().isoformat()
+    return [
         {
-            "workload": "a_sft_step",
+            "workload": workload,
             "jax": _phases(medians, "jax"),
             "torch": _phases(medians, "torch"),
+            "preset": dict(preset),
+            "repeats": repeats,
+            "date": today,
         }
-    )
-    # (b): reward model, pairs of responses, each scored once.
-    scalar = ScalarModel(cfg)
-    tokens = _train_batch(preset, 2 * rows).reshape(rows, 2, seq)
-    prefers = np.zeros((rows, 2, 2), bool)
-    prefers[:, 0, 1] = True
-    params = _params(scalar, seq, 0)
-    batch = dict(tokens_bkt=tokens, mask_bkt=np.ones_like(tokens, bool), prefers_bkk=prefers)
-    ids = side.tensor(tokens.reshape(2 * rows, seq), torch.long)
-    with _torch_scalar(cfg, params, side) as (base, head):
-        base.train()
-        head.bias.requires_grad_(False)
-
-        def pair_loss():
-            rewards = head(base(input_ids=ids).last_hidden_state[:, -1])[:, 0].view(rows, 2)
-            return -torch.nn.functional.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()
-
-        calls = {
-            **_jax_phase_calls(steps.reward_forward(scalar), params, batch),
-            **_torch_phase_calls(pair_loss, [*base.parameters(), head.weight]),
-        }
-        medians = _interleaved_medians(calls, repeats)
-    results.append(
-        {
-            "workload": "b_reward_step",
-            "jax": _phases(medians, "jax"),
-            "torch": _phases(medians, "torch"),
-        }
-    )
-    for result in results:
-        result.update(preset=dict(preset), repeats=repeats, date=datetime.date.today().isoformat())
-    return results
+        for workload, medians in results
+    ]
 
 
 def phases_table(results: list[dict]) -> str:
@@ -1053,13 +1057,13 @@ def phases_table(results: list[dict]) -> str:
         "| workload | phase | rlhf_jax | PyTorch | JAX / PyTorch |",
         "| --- | --- | --- | --- | --- |",
     ]
+    phases = {
+        "forward": lambda s: s["forward_s"],
+        "backward (gradients - forward)": lambda s: s["gradients_s"] - s["forward_s"],
+        "rest of the step (step - gradients)": lambda s: s["step_s"] - s["gradients_s"],
+        "whole step": lambda s: s["step_s"],
+    }
     for r in results:
-        phases = {
-            "forward": lambda s: s["forward_s"],
-            "backward (gradients - forward)": lambda s: s["gradients_s"] - s["forward_s"],
-            "rest of the step (step - gradients)": lambda s: s["step_s"] - s["gradients_s"],
-            "whole step": lambda s: s["step_s"],
-        }
         for phase, seconds in phases.items():
             j, t = seconds(r["jax"]), seconds(r["torch"])
             lines.append(f"| {r['workload']} | {phase} | {j:.3g} s | {t:.3g} s | {t / j:.2f}x |")
@@ -1264,7 +1268,8 @@ def main(argv):
         return
     if _PHASES.value:
         preset = PRESETS[common.PRESET.value or "design"]
-        results = bench_phases(preset, _REPEATS.value, _torch_side(_THREADS.value, "cpu"))
+        side = _torch_side(_THREADS.value, _TORCH_DEVICE.value)
+        results = bench_phases(preset, _REPEATS.value, side)
         for row in results:
             print(json.dumps(row), flush=True)
         print("\n" + phases_table(results))
