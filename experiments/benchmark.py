@@ -1170,6 +1170,12 @@ def cpu_description(cpuinfo_path: str = "/proc/cpuinfo") -> str:
     return ", ".join(parts)
 
 
+def _ratio(jax_over_torch: float, bold: bool = False) -> str:
+    """A JAX / PyTorch speed ratio for a table, marked "(slower)" below 1."""
+    text = f"{jax_over_torch:.2f}x"
+    return (f"**{text}**" if bold else text) + (" (slower)" if jax_over_torch < 1 else "")
+
+
 def _mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f} MiB"
 
@@ -1214,7 +1220,7 @@ def markdown_table(results: list[dict]) -> str:
                 f"{_mib(t['device_peak_mib'])} GPU"
                 if "device_peak_mib" in t
                 else _mib(t.get("peak_rss_growth_mib")),
-                f"**{r['speedup_jax_over_torch']:.2f}x**",
+                _ratio(r["speedup_jax_over_torch"], bold=True),
             ]
         else:
             row += ["n/a"] * 4
@@ -1247,7 +1253,7 @@ def ratio_table(paths: list[str]) -> str:
         ]
         for name in workloads:
             ratio = results.get(name, {}).get("speedup_jax_over_torch")
-            cells.append("n/a" if ratio is None else f"{ratio:.2f}x")
+            cells.append("n/a" if ratio is None else _ratio(ratio))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
