@@ -725,6 +725,15 @@ def test_readme_prose_quotes_the_committed_default_run():
         f"{_pct(seed_2['headline']['rm_heldout_accuracy'])} against "
         f"{_pct(seed_2['headline']['labeler_agreement'])}"
     )
+    older = _load(
+        REPO
+        / "experiments/results/instructgpt_ablations/default_signoff_0.9_older_logprob_code"
+        / "metrics.json"
+    )
+    quoted.append(
+        f"the run before it, with the older code, had PPO at {win('ppo_small', older)} and "
+        f"PPO-ptx at {win('ppo_ptx_small', older)}"
+    )
     quoted.append(
         f"closes only {_pct(seed_2['models']['sft_small']['signoff_on_harmless']['rate'])} of its "
         f"harmless answers with the sign-off ({rate('sft_small', 'signoff_on_harmless')} here)"
