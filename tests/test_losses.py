@@ -11,6 +11,7 @@ import pytest
 from rlhf_jax.losses import (
     LOSSES,
     metrics_mean,
+    next_token_is_top,
     next_token_logprobs,
     preferences_from_ranking,
     ranking_loss,
@@ -58,6 +59,27 @@ def test_next_token_logprobs_equals_log_softmax_then_gather_to_the_bit():
         assert np.isfinite(np.asarray(got)).all()
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(got_grad, want_grad)
+
+
+def test_next_token_is_top_is_argmax_with_ties_counted():
+    """Hand cases (a tie for the highest logit counts as a hit), and equal to argmax == target on
+    random logits, where ties do not happen."""
+    logits = jnp.array([[[0.0, 2.0, 1.0], [3.0, 3.0, 0.0], [1.0, 0.0, 0.0]]])
+    # Position 0 predicts token 1 (its highest), position 1 token 1 (tied with token 0).
+    np.testing.assert_array_equal(next_token_is_top(logits, jnp.array([[0, 1, 1]])), [[1, 1]])
+    np.testing.assert_array_equal(next_token_is_top(logits, jnp.array([[0, 2, 2]])), [[0, 0]])
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(4, 33, 512)), jnp.float32)
+    tokens = jnp.asarray(rng.integers(0, 512, (4, 33)), jnp.int32)
+    tokens = tokens.at[
+        :, 1:
+    ].set(  # half of the targets are the argmax, so both outcomes occur
+        jnp.where(jnp.arange(32) % 2 == 0, jnp.argmax(logits[:, :-1], -1), tokens[:, 1:])
+    )
+    want = jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]
+    got = jax.jit(next_token_is_top)(logits, tokens)
+    np.testing.assert_array_equal(got, want)
+    assert 0 < float(got.mean()) < 1
 
 
 def test_sft_loss_is_response_only_mean_nll():
