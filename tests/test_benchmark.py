@@ -291,6 +291,9 @@ def test_phases_split_the_training_steps_on_both_sides_and_the_readme_quotes_the
     rest = lambda r, side: r[side]["step_s"] - r[side]["gradients_s"]  # noqa: E731
     back_speed = lambda r: backward(r, "torch") / backward(r, "jax")  # noqa: E731
     quoted = [
+        f"the whole steps are {speed(sft, 'step_s'):.2f}x (SFT) and {speed(rm, 'step_s'):.2f}x "
+        f"(reward model) PyTorch's here, and {speed(earlier_sft, 'step_s'):.2f}x and "
+        f"{speed(earlier_rm, 'step_s'):.2f}x in the run before",
         f"({speed(sft, 'forward_s'):.2f}x on the SFT step, {speed(rm, 'forward_s'):.2f}x on the "
         f"reward model's; {speed(earlier_sft, 'forward_s'):.2f}x and "
         f"{speed(earlier_rm, 'forward_s'):.2f}x in the run before",
