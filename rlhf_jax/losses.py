@@ -24,6 +24,18 @@ Metrics = dict[str, tuple[jax.Array, jax.Array]]
 LossFn = Callable[..., tuple[jax.Array, Metrics]]
 
 
+def _next_token_targets(
+    logits_btv: jax.Array, tokens_bt: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(float32 logits [B, T-1, V] that predict tokens 1.., the targets' logits [B, T-1, 1], the
+    maximum logit [B, T-1, 1] as a constant for autodiff): what `next_token_logprobs` and
+    `next_token_is_top` both read, so that XLA computes it once for both in the SFT loss."""
+    logits_btv = logits_btv[:, :-1].astype(jnp.float32)
+    max_bt1 = jax.lax.stop_gradient(jnp.max(logits_btv, axis=-1, keepdims=True))
+    target_bt1 = jnp.take_along_axis(logits_btv, tokens_bt[:, 1:, None], axis=-1)
+    return logits_btv, target_bt1, max_bt1
+
+
 def next_token_logprobs(logits_btv: jax.Array, tokens_bt: jax.Array) -> jax.Array:
     """float32 [B, T-1]: column t is log p(token t+1 | tokens <= t) (see module docstring).
 
@@ -31,23 +43,20 @@ def next_token_logprobs(logits_btv: jax.Array, tokens_bt: jax.Array) -> jax.Arra
     gradients equal to the bit; inside a larger program XLA may fuse them differently), but only
     the targets' shifted logits are kept, so the [B, T-1, V] log-softmax is never written out. At
     16 x 256 tokens and vocab 8192 that takes 253 MiB off an SFT step's XLA buffers and makes the
-    step 5-10% faster on a CPU (`experiments/benchmark.py`, workload (a)).
+    step faster on a CPU (README, benchmark workload (a)).
     """
-    logits_btv = logits_btv[:, :-1].astype(jnp.float32)
-    max_bt1 = jax.lax.stop_gradient(jnp.max(logits_btv, axis=-1, keepdims=True))
-    target_bt1 = jnp.take_along_axis(logits_btv, tokens_bt[:, 1:, None], axis=-1) - max_bt1
+    logits_btv, target_bt1, max_bt1 = _next_token_targets(logits_btv, tokens_bt)
     log_norm_bt1 = jnp.log(jnp.sum(jnp.exp(logits_btv - max_bt1), axis=-1, keepdims=True))
-    return (target_bt1 - log_norm_bt1)[..., 0]
+    return (target_bt1 - max_bt1 - log_norm_bt1)[..., 0]
 
 
 def next_token_is_top(logits_btv: jax.Array, tokens_bt: jax.Array) -> jax.Array:
     """bool [B, T-1]: column t is True where token t+1 has the highest logit at position t (a
-    tie for the highest counts). The same max and gather as `next_token_logprobs`, which XLA
-    computes once for both, instead of an argmax: on a CPU an argmax over a [16, 255, 8192]
-    vocabulary cost a few percent of an SFT step."""
-    logits_btv = logits_btv[:, :-1].astype(jnp.float32)
-    target_bt1 = jnp.take_along_axis(logits_btv, tokens_bt[:, 1:, None], axis=-1)
-    return (target_bt1 >= jnp.max(logits_btv, axis=-1, keepdims=True))[..., 0]
+    tie for the highest counts). It reads the max and gather `next_token_logprobs` takes instead
+    of running an argmax: on a CPU an argmax over a [16, 255, 8192] vocabulary cost a few percent
+    of an SFT step."""
+    _, target_bt1, max_bt1 = _next_token_targets(logits_btv, tokens_bt)
+    return (target_bt1 >= max_bt1)[..., 0]
 
 
 def last_true_index(mask_bt: jax.Array) -> jax.Array:
