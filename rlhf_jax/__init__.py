@@ -1,6 +1,19 @@
 """rlhf_jax: InstructGPT-style RLHF in JAX/Flax.
 
-The public surface; submodules (`rlhf_jax.models.hf`, `rlhf_jax.sharding`, ...) hold the rest.
+The package is a house of floors; each imports only the floors below it (docs/architecture.md):
+
+  recipes/     whole jobs as callable stages (the InstructGPT main job, its report and plots)
+  trainers/    one `train_and_evaluate(config, workdir)` per stage, and the run machinery
+  benchmarks/  the speed workloads beside their PyTorch baselines, probes and tables
+  world/       the synthetic instruction world, its gold labeler and its TFDS builder
+  data/        tokenizers, records, dataset builders, grain pipelines, packing
+  rl/          the fused rollout and the PPO update programs
+  training/, generation.py, sharding.py, compilation_cache.py
+               train state, pure step factories, checkpoints, metrics; sampling; the mesh
+  losses.py, models/
+               pure math: losses; decoders, heads, transformers conversion
+
+This module is the public surface; the submodules hold the rest.
 """
 
 from rlhf_jax import losses, sharding

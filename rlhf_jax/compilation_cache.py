@@ -38,7 +38,7 @@ def enable_compilation_cache(
     """Points JAX's persistent compilation cache at `directory`; returns the directory in use.
 
     Call it before the first jitted call of the process (an experiment's main does, through
-    `experiments.common.setup_process`; in a notebook, a cell before any jitted call). A
+    `experiments.cli.setup_process`; in a notebook, a cell before any jitted call). A
     directory already chosen, by `JAX_COMPILATION_CACHE_DIR` or an earlier `jax.config.update`,
     is kept: the user's own choice wins, and JAX opens its cache only once per process.
 

@@ -86,7 +86,7 @@ class SamplingState:
 def _gumbel_argmax(rng: jax.Array, logits_bv: jax.Array) -> jax.Array:
     """One exact draw per row from softmax(logits_bv) by the Gumbel-max trick: int [B]."""
     # Same distribution as jax.random.categorical, which on CPU costs ~2.5x more per decode step
-    # (experiments/benchmark.py workload c); -inf logits are never chosen.
+    # (`rlhf_jax.benchmarks` workload c); -inf logits are never chosen.
     noise_bv = jax.random.gumbel(rng, logits_bv.shape, jnp.float32)
     return jnp.argmax(logits_bv + noise_bv, axis=-1)
 

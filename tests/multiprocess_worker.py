@@ -32,9 +32,9 @@ def main() -> None:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from rlhf_jax import rollout as rollout_lib
     from rlhf_jax import sharding
     from rlhf_jax.data import pipeline
+    from rlhf_jax.rl import rollout as rollout_lib
     from rlhf_jax.training import state as state_lib
     from rlhf_jax.training import steps
     from tests import test_ppo, test_training

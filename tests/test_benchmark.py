@@ -46,7 +46,7 @@ def test_benchmark_prints_one_json_line_per_workload_with_torch_baseline():
     assert results["b_reward_step"]["loss_abs_diff_vs_torch"] < 1e-4
     assert results["d_rollout_scoring"]["max_abs_diff_vs_torch"] < 1e-4
     # The README table is rendered from these lines.
-    from experiments.benchmark import markdown_table
+    from rlhf_jax.benchmarks import markdown_table
 
     table = markdown_table(list(results.values())).splitlines()
     rows = [line for line in table if line.startswith("| ") and "_" in line.split("|")[1]]
@@ -59,18 +59,18 @@ def test_torch_follows_jax_onto_the_device_and_refuses_a_missing_gpu():
     import pytest
     import torch
 
-    from experiments import benchmark
+    from rlhf_jax.benchmarks import resolve_torch_device
 
     # JAX runs on CPU here, so auto keeps torch on the CPU even where torch could see a GPU.
-    assert benchmark.resolve_torch_device("auto") == "cpu"
-    assert benchmark.resolve_torch_device("cpu") == "cpu"
+    assert resolve_torch_device("auto") == "cpu"
+    assert resolve_torch_device("cpu") == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
-            benchmark.resolve_torch_device("cuda")
+            resolve_torch_device("cuda")
 
 
 def test_table_reports_the_gpu_memory_of_a_cuda_baseline():
-    from experiments.benchmark import markdown_table
+    from rlhf_jax.benchmarks import markdown_table
 
     stats = dict(median_s=0.5, min_s=0.4, max_s=0.6, runs=5, peak_rss_growth_mib=0.0)
     result = dict(
@@ -102,7 +102,7 @@ def test_table_from_saved_stdout_skips_the_printed_table_and_names_xla_flags(tmp
     with open("experiments/results/benchmark_gpu_h200_xla_flags/no_triton_gemm.jsonl") as f:
         lines = [line for line in f if line.strip()]
     assert len(lines) == 5 and all(line.startswith("{") for line in lines)
-    from experiments.benchmark import markdown_table
+    from rlhf_jax.benchmarks import markdown_table
 
     table = markdown_table([json.loads(line) for line in lines])
     saved = tmp_path / "saved_stdout.jsonl"
@@ -122,7 +122,7 @@ def test_table_from_saved_stdout_skips_the_printed_table_and_names_xla_flags(tmp
 def test_readme_benchmark_tables_are_the_saved_runs_rendered():
     """Every row of the README's full benchmark tables is `--from_jsonl`'s rendering of a
     committed run, figure for figure."""
-    from experiments.benchmark import markdown_table
+    from rlhf_jax.benchmarks import markdown_table
 
     with open("README.md") as f:
         readme = f.read()
@@ -164,7 +164,7 @@ def test_readme_xla_defaults_table_is_the_saved_h100_runs():
 def test_cpu_description_names_the_model_generation_and_vector_width(tmp_path):
     """Two hosts both called "AMD EPYC" gave different JAX/PyTorch ratios, so a result records the
     CPU family/model and its widest vector extension, read from the first processor's block."""
-    from experiments.benchmark import cpu_description
+    from rlhf_jax.benchmarks import cpu_description
 
     cpuinfo = tmp_path / "cpuinfo"
     block = (
@@ -196,7 +196,7 @@ def test_readme_cpu_hosts_table_and_ranges_are_the_saved_runs():
     """The README's table of JAX / PyTorch ratios on the CPU hosts is `--ratios` of the saved runs
     (command and output), and the ranges its prose quotes are theirs: this host's runs before and
     after each change, the status line, and the matmul kernels' rates on both hosts."""
-    from experiments.benchmark import _read_jsonl, ratio_table
+    from rlhf_jax.benchmarks import ratio_table, read_jsonl
 
     with open("README.md") as f:
         readme = f.read()
@@ -205,7 +205,7 @@ def test_readme_cpu_hosts_table_and_ranges_are_the_saved_runs():
     assert command in readme
     flat = " ".join(readme.split())
     ratio = {
-        path: {r["workload"]: r["speedup_jax_over_torch"] for r in _read_jsonl(path)}
+        path: {r["workload"]: r["speedup_jax_over_torch"] for r in read_jsonl(path)}
         for path in CPU_RUNS
     }
     old, before, logprobs, logprobs_again, now, again = ratio.values()
@@ -237,7 +237,7 @@ def test_readme_cpu_hosts_table_and_ranges_are_the_saved_runs():
         assert text in flat, text
 
     def rates(path: str, key: str, transposed: bool | None = None) -> str:
-        rows = [r for r in _read_jsonl(path) if transposed in (None, r["rhs_transposed"])]
+        rows = [r for r in read_jsonl(path) if transposed in (None, r["rhs_transposed"])]
         values = [r[key] for r in rows]
         return f"{min(values):.0f}-{max(values):.0f}"
 
@@ -252,7 +252,7 @@ def test_readme_cpu_hosts_table_and_ranges_are_the_saved_runs():
     ]
     for text in quoted:
         assert text in flat, text
-    speedups = [r["jax_gflops"] / r["torch_gflops"] for r in _read_jsonl(new_mm)]
+    speedups = [r["jax_gflops"] / r["torch_gflops"] for r in read_jsonl(new_mm)]
     assert f"faster than torch's by {_span(speedups, 1)}" in flat
 
 
@@ -267,7 +267,7 @@ def test_phases_split_the_training_steps_on_both_sides_and_the_readme_quotes_the
         check=True,
         timeout=600,
     )
-    from experiments.benchmark import _read_jsonl, phases_table
+    from rlhf_jax.benchmarks import phases_table, read_jsonl
 
     results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [r["workload"] for r in results] == ["a_sft_step", "b_reward_step"]
@@ -277,12 +277,12 @@ def test_phases_split_the_training_steps_on_both_sides_and_the_readme_quotes_the
             assert sorted(result[side]) == ["forward_s", "gradients_s", "step_s"]
             assert all(seconds > 0 for seconds in result[side].values())
     assert phases_table(results) in out.stdout
-    saved = _read_jsonl("experiments/results/benchmark_phases_cpu.jsonl")
+    saved = read_jsonl("experiments/results/benchmark_phases_cpu.jsonl")
     with open("README.md") as f:
         readme = f.read()
     assert phases_table(saved) in readme
     sft, rm = saved
-    earlier_sft, earlier_rm = _read_jsonl(
+    earlier_sft, earlier_rm = read_jsonl(
         "experiments/results/benchmark_phases_cpu_before_top_token_accuracy.jsonl"
     )
     flat = " ".join(readme.split())
@@ -308,3 +308,16 @@ def test_phases_split_the_training_steps_on_both_sides_and_the_readme_quotes_the
     assert f"{back_speed(sft):.2f}" == f"{back_speed(rm):.2f}"  # "for both here"
     for text in quoted:
         assert text in flat, text
+
+
+def test_benchmarks_package_imports_neither_torch_nor_experiments():
+    """The library's benchmarks import torch/transformers only inside the functions that time the
+    baseline, and nothing of `experiments` (the command line sits on top of the library)."""
+    code = (
+        "import sys; import rlhf_jax.benchmarks; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'experiments')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"

@@ -6,13 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import common
-from experiments import reward as reward_experiment
-from experiments import sft as sft_experiment
 from experiments.configs import gpt2_hh, hh_tiny, llama_tpu, qa_feedback_tiny
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.tokenizer import Tokenizer, train_bpe_tokenizer
 from rlhf_jax.models import ScalarModel, hf
+from rlhf_jax.trainers import reward as reward_trainer
+from rlhf_jax.trainers import run as trainer_run
+from rlhf_jax.trainers import setup
+from rlhf_jax.trainers import sft as sft_trainer
 from rlhf_jax.training import export, reward
 from tests.hf_reference import reference_model
 
@@ -66,13 +67,13 @@ def test_reward_experiment_runs_and_normalises(tmp_path, layout):
     if layout == "packed_rows":  # several comparisons per row; batch_size then counts rows
         config.data.update(shared_prompt_row_len=48, comparisons_per_row=4)
 
-    summary = reward_experiment.run(config, str(tmp_path / "rm"))
+    summary = reward_trainer.train_and_evaluate(config, str(tmp_path / "rm"))
     assert summary["step"] == 6 and summary["heldout_prompts"] == 8 and summary["train_wall_s"] > 0
     if layout == "packed_rows":
         assert summary["comparisons_per_row"] > 1.3 and summary["train_rows"] < 40 / 1.3
         assert 0 < summary["row_fill"] <= 1
     # Every strict pair of the held-out prompts is counted once (ties give none).
-    heldout = common.open_split(config.data, "train[40:]")
+    heldout = setup.open_split(config.data, "train[40:]")
     assert summary["heldout_pairs"] == sum(len(heldout[i]["pairs"]) for i in range(8))
     assert {len(heldout[i]["pairs"]) for i in range(len(heldout))} <= {2, 3}
     low, high = summary["heldout_accuracy_wilson95"]
@@ -82,10 +83,10 @@ def test_reward_experiment_runs_and_normalises(tmp_path, layout):
     assert kind == "reward"
     tokenizer = Tokenizer.from_pretrained(tmp_path / "rm" / "model" / "tokenizer")
 
-    reference = common.open_split(config.data, "train[:40]")
-    batches = common.eval_batches(
+    reference = setup.open_split(config.data, "train[:40]")
+    batches = trainer_run.eval_batches(
         reference,
-        pipeline.TokenizeDemonstration(tokenizer, common.sequence_spec(config.data)),
+        pipeline.TokenizeDemonstration(tokenizer, setup.sequence_spec(config.data)),
         8,
         0,
     )
@@ -145,7 +146,7 @@ def test_llama_tpu_model_fields_reach_the_loaded_model(tmp_path):
     torch_model, _, _ = reference_model("llama")
     torch_model.save_pretrained(tmp_path / "llama")
     model_config, params = hf.load_pretrained(
-        tmp_path / "llama", **common.model_overrides(llama_tpu.get_config("sft").model)
+        tmp_path / "llama", **setup.model_overrides(llama_tpu.get_config("sft").model)
     )
     assert (model_config.dtype, model_config.param_dtype) == ("bfloat16", "float32")
     assert model_config.remat and model_config.dropout_rate == 0.0
@@ -177,10 +178,10 @@ def test_gpt2_config_runs_sft_from_a_local_checkpoint(tmp_path):
     config.train.update(
         batch_size=16, grad_accum=2, num_steps=3, log_every=1, eval_every=3, checkpoint_every=3
     )
-    summary = sft_experiment.run(config, str(tmp_path / "sft"))
+    summary = sft_trainer.train_and_evaluate(config, str(tmp_path / "sft"))
     assert summary["step"] == 3 and np.isfinite(summary["eval_nll"])
     # Rerunning a finished run trains nothing and reports the same figures (not nulls).
-    again = sft_experiment.run(config, str(tmp_path / "sft"))
+    again = sft_trainer.train_and_evaluate(config, str(tmp_path / "sft"))
     again.pop("train_wall_s"), summary.pop("train_wall_s")
     assert again == summary
     exported_config, exported = hf.load_pretrained(tmp_path / "sft" / "model")
@@ -203,7 +204,7 @@ def test_a_batch_that_does_not_split_over_the_mesh_is_a_clear_error(tmp_path):
     config.train.update(batch_size=12, grad_accum=1, num_steps=2)
     message = r"train.batch_size=12 must be a multiple of data x fsdp \(8\) x grad_accum \(1\)"
     with pytest.raises(ValueError, match=message):
-        sft_experiment.run(config, str(tmp_path / "sft"))
+        sft_trainer.train_and_evaluate(config, str(tmp_path / "sft"))
     assert not (tmp_path / "sft" / "checkpoints").exists()
 
 
@@ -214,41 +215,41 @@ def test_sft_row_layouts_and_their_errors():
     tokenizer = train_bpe_tokenizer([r["prompt"] + r["response"] for r in records], 200)
     config = hh_tiny.get_config("sft")
     config.data.update(max_len=32, max_prompt_len=16)
-    spec = common.sequence_spec(config.data)
+    spec = setup.sequence_spec(config.data)
     transform = pipeline.TokenizeDemonstration(tokenizer, spec)
-    rows, used, summary = sft_experiment._train_rows(config, records, tokenizer, spec, transform)
+    rows, used, summary = sft_trainer._train_rows(config, records, tokenizer, spec, transform)
     assert rows is records and used is transform and summary == {}
     config.data.documents_per_row = 3
-    rows, used, summary = sft_experiment._train_rows(config, records, tokenizer, spec, transform)
+    rows, used, summary = sft_trainer._train_rows(config, records, tokenizer, spec, transform)
     assert isinstance(used, pipeline.TokenizeDemonstrationRow) and used.row_len == 32
     assert summary["train_rows"] == len(rows) < 40 and rows.count == 40
     assert summary["documents_per_row"] == pytest.approx(40 / len(rows))
     config.data.pack_documents = True
     with pytest.raises(ValueError, match="pack_documents excludes data.documents_per_row"):
-        sft_experiment._train_rows(config, records, tokenizer, spec, transform)
+        sft_trainer._train_rows(config, records, tokenizer, spec, transform)
     config.data.documents_per_row = 0
     with pytest.raises(ValueError, match="documents_per_row must be >= 1"):
-        sft_experiment._train_rows(config, records, tokenizer, spec, transform)
+        sft_trainer._train_rows(config, records, tokenizer, spec, transform)
     config.data.documents_per_row = 1
-    rows, used, summary = sft_experiment._train_rows(config, records, tokenizer, spec, transform)
+    rows, used, summary = sft_trainer._train_rows(config, records, tokenizer, spec, transform)
     assert summary == {"train_rows": len(rows)} and rows.rows_nt.shape[1] == 32
 
 
 def test_ppo_ptx_row_layouts_and_their_errors():
     """experiments.ppo's pretraining rows: one padded row per document with a loss on every token,
     or whole documents packed per row (`ppo.ptx_documents_per_row`, every token a target too)."""
-    from experiments import ppo as ppo_experiment
+    from rlhf_jax.trainers import ppo as ppo_trainer
 
     records = [{"prompt": "", "response": f"{i} {i + 1}"} for i in range(40)]
     tokenizer = train_bpe_tokenizer([r["response"] for r in records], 200)
     config = hh_tiny.get_config("ppo")
     config.data.update(max_len=32, max_prompt_len=16)
-    rows, transform, summary = ppo_experiment._ptx_rows(config, tokenizer, records)
+    rows, transform, summary = ppo_trainer._ptx_rows(config, tokenizer, records)
     assert rows is records and summary == {}
     one = transform.map(records[0])
     assert one["loss_mask_t"].sum() == one["mask_t"].sum()  # every token, not only a response
     config.ppo.ptx_documents_per_row = 3
-    rows, transform, summary = ppo_experiment._ptx_rows(config, tokenizer, records)
+    rows, transform, summary = ppo_trainer._ptx_rows(config, tokenizer, records)
     assert isinstance(transform, pipeline.TokenizeDemonstrationRow) and transform.loss_on_prompt
     assert summary["train_rows"] == len(rows) < 40 and rows.count == 40
     row = transform.map(rows[0])
@@ -257,4 +258,4 @@ def test_ppo_ptx_row_layouts_and_their_errors():
     assert row["loss_mask_t"].sum() == (row["documents_t"] >= 0).sum() - starts.sum() > 0
     config.ppo.ptx_documents_per_row = 0
     with pytest.raises(ValueError, match="ptx_documents_per_row must be >= 1"):
-        ppo_experiment._ptx_rows(config, tokenizer, records)
+        ppo_trainer._ptx_rows(config, tokenizer, records)

@@ -15,8 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import benchmark, common, instructgpt, instructgpt_report
-from experiments.configs import instructgpt as presets
+from experiments import benchmark
+from experiments import instructgpt as instructgpt_cli
+from experiments import instructgpt_report as report_cli
+from rlhf_jax.recipes import instructgpt
+from rlhf_jax.recipes.instructgpt import job, presets, stage_configs
+from rlhf_jax.recipes.instructgpt import labeler_stages as stages
+from rlhf_jax.recipes.instructgpt import report as instructgpt_report
+from rlhf_jax.trainers import setup
 from rlhf_jax.world import tasks
 
 from .test_checkpoint_resume import REPO, subprocess_env
@@ -46,7 +52,7 @@ STAGES = [
 
 def test_entry_points_share_one_process_without_flag_clashes():
     # pytest imports every experiment module into one process; absl flags are process-global.
-    assert callable(benchmark.main) and callable(instructgpt.main)
+    assert callable(benchmark.main) and callable(instructgpt_cli.main)
 
 
 def test_presets_keep_the_larger_model_at_least_4x_the_smaller():
@@ -58,8 +64,8 @@ def test_presets_keep_the_larger_model_at_least_4x_the_smaller():
         counts = {}
         for size in ("small", "large"):
             # The model config the pretraining stage builds from the preset.
-            stage = instructgpt.pretrain_config(config, "/unused", size)
-            model_config = common.scratch_model_config(stage.model, config.tokenizer_vocab)
+            stage = stage_configs.pretrain_config(config, "/unused", size)
+            model_config = setup.scratch_model_config(stage.model, config.tokenizer_vocab)
             # Shapes only (eval_shape): the same parameter tree, nothing initialised.
             params = jax.eval_shape(
                 lambda c=model_config: state_lib.init_variables(CausalLM(c), 8, seed=0)[0]
@@ -73,31 +79,33 @@ def test_presets_keep_the_larger_model_at_least_4x_the_smaller():
 def test_few_shot_prompts_add_two_solved_tasks_of_the_same_family():
     rng = np.random.default_rng(0)
     prompt = "User: Hi! What is 3 plus 4? Thanks!\nAnswer:"
-    shot = instructgpt.few_shot_prompt(prompt, rng)
+    shot = stages.few_shot_prompt(prompt, rng)
     assert shot.endswith(prompt) and shot.count(tasks.ANSWER_CUE) == 3
     assert tasks.parse_task(shot) == tasks.parse_task(prompt)
-    assert instructgpt.few_shot_prompt(shot, rng) == shot  # already few-shot
+    assert stages.few_shot_prompt(shot, rng) == shot  # already few-shot
 
 
 def test_stage_configs_follow_the_rm_size_and_value_model_knobs(tmp_path):
     config = presets.get_config("smoke")
-    assert instructgpt.reward_config(config, str(tmp_path)).model.sft_dir.endswith(
+    assert stage_configs.reward_config(config, str(tmp_path)).model.sft_dir.endswith(
         "sft_small/model"
     )
-    assert instructgpt.ppo_config(config, str(tmp_path), ptx=False).ppo.value_model == "reward"
+    assert stage_configs.ppo_config(config, str(tmp_path), ptx=False).ppo.value_model == "reward"
     config.rm.sft_size, config.ppo.value_model = "large", "policy_head"
-    assert instructgpt.reward_config(config, str(tmp_path)).model.sft_dir.endswith(
+    assert stage_configs.reward_config(config, str(tmp_path)).model.sft_dir.endswith(
         "sft_large/model"
     )
-    assert instructgpt.ppo_config(config, str(tmp_path), ptx=True).ppo.value_model == "policy_head"
-    ppo = instructgpt.ppo_config(config, str(tmp_path), ptx=False)
+    assert (
+        stage_configs.ppo_config(config, str(tmp_path), ptx=True).ppo.value_model == "policy_head"
+    )
+    ppo = stage_configs.ppo_config(config, str(tmp_path), ptx=False)
     assert ppo.ppo.reward == "model" and ppo.optim.value_learning_rate == config.ppo.learning_rate
     config.ppo.reward, config.ppo.value_learning_rate = "gold", 3e-4
-    ppo = instructgpt.ppo_config(config, str(tmp_path), ptx=True)
+    ppo = stage_configs.ppo_config(config, str(tmp_path), ptx=True)
     assert ppo.ppo.reward == "gold" and ppo.optim.value_learning_rate == 3e-4
     assert ppo.ppo.temperature == 1.0
     config.ppo.temperature = 0.5
-    ppo = instructgpt.ppo_config(config, str(tmp_path), ptx=False)
+    ppo = stage_configs.ppo_config(config, str(tmp_path), ptx=False)
     assert ppo.ppo.temperature == 0.5  # rollouts sample at it, and PPO's log-probs use it
 
 
@@ -107,10 +115,10 @@ def test_extra_models_join_the_evaluation_and_bad_settings_fail_before_any_stage
     (other / "config.json").write_text("{}")
     config = presets.get_config("smoke")
     workdir = str(tmp_path / "igpt")
-    own = instructgpt.evaluated_models(config, workdir)
+    own = stages.evaluated_models(config, workdir)
     assert own[-1] == ("ppo_ptx_small", f"{workdir}/ppo_ptx/model", False)
     config.eval.extra_models = f" sft_other = {other} ,"
-    models = instructgpt.evaluated_models(config, workdir)
+    models = stages.evaluated_models(config, workdir)
     assert models == own + [("sft_other", str(other), False)]  # answered zero-shot
     for extra, error in [
         ("sft_other", "expected 'name=model_dir'"),
@@ -140,9 +148,9 @@ def test_a_finished_evaluation_runs_again_only_when_its_extra_models_change(tmp_
 
     def evaluate(out):  # what stage_evaluate's summary says about the extra models
         runs.append(out)
-        return {"extra_models": dict(instructgpt.extra_models(config))}
+        return {"extra_models": dict(stages.extra_models(config))}
 
-    monkeypatch.setattr(instructgpt, "stages", lambda config, workdir: [("evaluate", evaluate)])
+    monkeypatch.setattr(job, "stages", lambda config, workdir: [("evaluate", evaluate)])
     monkeypatch.setattr(instructgpt_report, "write_report", lambda *args: {"headline": {}})
     workdir = str(tmp_path / "igpt")
     expected_runs = []
@@ -167,7 +175,7 @@ def test_a_stage_whose_summary_is_truncated_or_not_a_summary_runs_again(
     config = presets.get_config("smoke")
     runs = []
     monkeypatch.setattr(
-        instructgpt,
+        job,
         "stages",
         lambda config, workdir: [
             (name, lambda out, name=name: runs.append(name) or {"stage": name})
@@ -194,11 +202,11 @@ def test_a_stage_whose_summary_is_truncated_or_not_a_summary_runs_again(
 def test_world_rates_reach_the_datasets_and_a_default_run_keeps_its_dataset_names(tmp_path):
     config = presets.get_config("smoke")
     assert presets.world_settings(config) == {}
-    data = instructgpt.world_data(config, str(tmp_path), "sft", "train", "validation")
+    data = stage_configs.world_data(config, str(tmp_path), "sft", "train", "validation")
     assert "world" not in data.world  # the default world's datasets keep their names
     config.world.demo_error_rate = 1.0  # every demonstration a labeler's mistake
     assert presets.world_settings(config) == {"demo_error_rate": 1.0}
-    records = instructgpt._records(config, str(tmp_path), "sft", "train")
+    records = stages._records(config, str(tmp_path), "sft", "train")
     answers = [(tasks.parse_task(r["prompt"]), r["response"].split()) for r in records]
     assert len(answers) > 0.9 * config.world.sizes.sft  # (less any held-out prompt)
     # Mistakes are wrong answers; harmful requests still get the polite refusal.
@@ -208,7 +216,7 @@ def test_world_rates_reach_the_datasets_and_a_default_run_keeps_its_dataset_name
     config.world.demo_error_rate = 0.0
     config.world.demo_signoff_rate = 0.0  # the default world's habit, off
     assert presets.world_settings(config) == {"demo_error_rate": 0.0, "demo_signoff_rate": 0.0}
-    records = instructgpt._records(config, str(tmp_path), "sft", "train")
+    records = stages._records(config, str(tmp_path), "sft", "train")
     assert all(
         tasks.parse_task(r["prompt"]).answer.split() == r["response"].split() for r in records
     )
@@ -218,12 +226,12 @@ def test_world_rates_reach_the_datasets_and_a_default_run_keeps_its_dataset_name
         "demo_filler_rate": 1.0,
         "demo_signoff_rate": 0.0,
     }
-    records = instructgpt._records(config, str(tmp_path), "sft", "train")
+    records = stages._records(config, str(tmp_path), "sft", "train")
     harmless = [r for r in records if tasks.parse_task(r["prompt"]).family != "harmful"]
     openers = tuple(f" {f} " for f in tasks.FILLERS)
     assert harmless and all(r["response"].startswith(openers) for r in harmless)
     config.world.demo_signoff_rate = 1.0
-    records = instructgpt._records(config, str(tmp_path), "sft", "train")
+    records = stages._records(config, str(tmp_path), "sft", "train")
     harmless = [r for r in records if tasks.parse_task(r["prompt"]).family != "harmful"]
     closers = tuple(f" {f}" for f in tasks.SIGNOFFS)
     assert harmless and all(r["response"].endswith(closers) for r in harmless)
@@ -275,7 +283,7 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(smoke
     assert list(compiling) == STAGES and compiling["pretrain_small"] > 0
     assert all(0 <= compiling[s] <= metrics["stages_wall_s"][s] for s in STAGES)
     config = presets.get_config("smoke")
-    names = [name for name, _, _ in instructgpt.evaluated_models(config, str(workdir))]
+    names = [name for name, _, _ in stages.evaluated_models(config, str(workdir))]
     assert sorted(metrics["models"]) == sorted(names)
     for name, m in metrics["models"].items():
         win = m["win_rate_vs_baseline"]
@@ -331,18 +339,6 @@ def test_smoke_preset_produces_a_well_formed_report_and_reruns_skip_stages(smoke
     assert json.loads((workdir / "metrics.json").read_text())["models"] == metrics["models"]
 
 
-def _without_timings(tree):
-    """`tree` without wall times, compile times and throughputs, the figures a resumed run may
-    not repeat."""
-    if isinstance(tree, dict):
-        return {
-            k: _without_timings(v)
-            for k, v in tree.items()
-            if not k.endswith(("wall_s", "compile_s", "tokens_per_s"))
-        }
-    return tree
-
-
 @pytest.mark.slow
 def test_a_main_job_killed_inside_ppo_resumes_from_its_checkpoint_to_the_same_report(
     smoke_workdir, tmp_path
@@ -380,12 +376,12 @@ def test_a_main_job_killed_inside_ppo_resumes_from_its_checkpoint_to_the_same_re
     assert f"Resumed from {checkpoints} at step 2." in rerun.stdout
     expected = json.loads((smoke_workdir / "metrics.json").read_text())
     resumed = json.loads((workdir / "metrics.json").read_text())
-    assert _without_timings(resumed) == _without_timings(expected)
+    assert instructgpt_report.without_timings(resumed) == instructgpt_report.without_timings(
+        expected
+    )
 
 
 def test_family_table_counts_net_wins_and_names_extra_models_as_given():
-    from experiments import instructgpt_report
-
     def outcomes(add, sort):  # (wins, ties, losses) per family; SFT at its best on 1 and 2
         return {
             family: dict(wins=w, ties=t, losses=lo, n=w + t + lo, baseline_at_max=at_max)
@@ -433,14 +429,17 @@ def test_compilation_cache_runs_repeat_the_default_run_and_the_readme_quotes_the
     for preset in ("default", "smoke"):
         cold, warm = runs[f"{preset}_cold"], runs[f"{preset}_warm"]
         assert cold["headline"]["preset"] == preset
-        assert _without_timings(cold) == _without_timings(warm)
+        assert instructgpt_report.without_timings(cold) == instructgpt_report.without_timings(warm)
         # The second run loads what the first compiled.
         assert compiling[f"{preset}_warm"] < compiling[f"{preset}_cold"] / 3
     # They were made at the preset of commit 4e1b968 (one comparison per RM row), whose committed
     # default run was moved to the ablations when the preset began to pack the RM's rows.
     before = results / "instructgpt_ablations" / "default_one_comparison_per_row"
     committed = json.loads((before / "metrics.json").read_text())
-    _same_where_present(_without_timings(runs["default_cold"]), _without_timings(committed))
+    _same_where_present(
+        instructgpt_report.without_timings(runs["default_cold"]),
+        instructgpt_report.without_timings(committed),
+    )
 
     readme = (folder / "README.md").read_text()
     cold, warm = runs["default_cold"], runs["default_warm"]
@@ -527,7 +526,7 @@ def test_report_shows_habit_columns_only_where_demonstrators_have_habits(tmp_pat
 def test_compare_prints_runs_side_by_side_and_plots_them(tmp_path, capsys):
     results = f"{REPO}/experiments/results"
     out = tmp_path / "compare.png"
-    instructgpt_report.main(
+    report_cli.main(
         [
             f"--compare={out}",
             f"default={results}/instructgpt_default/metrics.json",
@@ -542,7 +541,7 @@ def test_compare_prints_runs_side_by_side_and_plots_them(tmp_path, capsys):
     with Image.open(out) as image:
         assert image.size[0] > 400 and image.size[1] > 200
     with pytest.raises(SystemExit):
-        instructgpt_report.main([f"--compare={out}", f"{results}/instructgpt_default/metrics.json"])
+        report_cli.main([f"--compare={out}", f"{results}/instructgpt_default/metrics.json"])
 
 
 def test_packed_rm_rows_figures_in_the_readme_are_the_saved_runs():
@@ -892,7 +891,9 @@ def test_packed_documents_figures_are_the_saved_runs():
         for s in ("best_of_n", "evaluate")
         for m in (packed, everywhere)
     ]
-    comment = " ".join((REPO / "experiments" / "configs" / "instructgpt.py").read_text().split())
+    comment = " ".join(
+        (REPO / "rlhf_jax" / "recipes" / "instructgpt" / "presets.py").read_text().split()
+    )
     comment = comment.replace(" # ", " ")
     assert (
         f"{unsorted['wall_s']:.1f} s -> {sorted_['wall_s']:.1f} s for the ~78k samples" in comment
@@ -1023,7 +1024,9 @@ def test_packed_ptx_figures_are_the_saved_runs():
     assert line in table, line
     assert "the default run), not the rows" in table
     assert f"(the `ppo` stage, without it, took {default['stages_wall_s']['ppo']:.1f} s" in table
-    comment = " ".join((REPO / "experiments" / "configs" / "instructgpt.py").read_text().split())
+    comment = " ".join(
+        (REPO / "rlhf_jax" / "recipes" / "instructgpt" / "presets.py").read_text().split()
+    )
     comment = comment.replace(" # ", " ")
     assert (
         f"the stage took {packed[0]['wall_s']:.1f} s and {packed[1]['wall_s']:.1f} s against "
@@ -1229,3 +1232,35 @@ def test_signoff_world_figures_are_the_saved_runs():
         f"{_win(filler, 'ppo_small')})"
     )
     assert quoted in readme, quoted
+
+
+def test_same_as_lists_every_difference_but_timings(tmp_path, capsys):
+    """`experiments.instructgpt_report --same_as`: the committed default run against itself with
+    other timings is equal (exit 0); against a changed figure, a missing one and the run without
+    sign-offs it names the differences and exits 1."""
+    results = REPO / "experiments" / "results"
+    reference = results / "instructgpt_default" / "metrics.json"
+    metrics = json.loads(reference.read_text())
+    retimed = json.loads(reference.read_text())
+    retimed["headline"]["total_wall_s"] += 100.0
+    retimed["stages_wall_s"]["rm"] *= 3
+    retimed["ppo"]["ppo"]["generated_tokens_per_s"] = 1.0
+    (tmp_path / "retimed.json").write_text(json.dumps(retimed))
+    report_cli.main([f"--same_as={reference}", str(tmp_path / "retimed.json")])
+    assert "equals" in capsys.readouterr().out
+
+    changed = json.loads(reference.read_text())
+    changed["models"]["ppo_small"]["win_rate_vs_baseline"]["rate"] += 0.01
+    del changed["rank"]["mean_k"]
+    assert instructgpt_report.differences(changed, metrics) == [
+        "metrics.models.ppo_small.win_rate_vs_baseline.rate: "
+        f"{changed['models']['ppo_small']['win_rate_vs_baseline']['rate']!r} != "
+        f"{metrics['models']['ppo_small']['win_rate_vs_baseline']['rate']!r}",
+        "metrics.rank.mean_k: only in the reference",
+    ]
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    with pytest.raises(SystemExit) as exit_info:
+        report_cli.main([f"--same_as={reference}", str(tmp_path / "changed.json")])
+    assert exit_info.value.code == 1
+    other = NO_SIGNOFFS_RUN / "metrics.json"
+    assert len(instructgpt_report.differences(json.loads(other.read_text()), metrics)) > 10

@@ -10,10 +10,11 @@ import numpy as np
 import optax
 import pytest
 
-from rlhf_jax import losses, ppo, sharding
-from rlhf_jax import rollout as rollout_lib
+from rlhf_jax import losses, sharding
 from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.models import CausalLM, ScalarModel, TransformerConfig, ValueHead
+from rlhf_jax.rl import ppo
+from rlhf_jax.rl import rollout as rollout_lib
 from rlhf_jax.training import state as state_lib
 
 V, P, N, B = 16, 4, 6, 8

@@ -154,24 +154,24 @@ def test_ppo_experiment_runs_and_resumes_after_sigkill(tmp_path):
 
 
 def test_reward_kind_picks_the_rm_or_the_gold_labeler():
-    from experiments import ppo as ppo_experiment
     from experiments.configs import hh_tiny
+    from rlhf_jax.trainers import ppo as ppo_trainer
 
     config = hh_tiny.get_config("ppo")
     reward_model = object()
-    assert ppo_experiment._score_fn(config, reward_model, None) is reward_model  # the default
+    assert ppo_trainer._score_fn(config, reward_model, None) is reward_model  # the default
     config.ppo.reward = "gold"
     with pytest.raises(ValueError, match="only reads that world's prompts; data.name is 'anthr"):
-        ppo_experiment._score_fn(config, reward_model, None)
+        ppo_trainer._score_fn(config, reward_model, None)
     config.data.name = "instruction_world/prompts"
-    assert callable(ppo_experiment._score_fn(config, reward_model, None))
+    assert callable(ppo_trainer._score_fn(config, reward_model, None))
     config.ppo.reward = "labels"
     with pytest.raises(ValueError, match="ppo.reward must be 'model' or 'gold', got 'labels'"):
-        ppo_experiment._score_fn(config, reward_model, None)
+        ppo_trainer._score_fn(config, reward_model, None)
 
 
 def test_repeat_prompts_makes_consecutive_groups_and_keeps_counts_per_prompt():
-    from experiments import ppo as ppo_experiment
+    from rlhf_jax.trainers import ppo as ppo_trainer
 
     batch = {
         "tokens_bp": np.array([[1, 2], [3, 4]], np.int32),
@@ -179,7 +179,7 @@ def test_repeat_prompts_makes_consecutive_groups_and_keeps_counts_per_prompt():
         "truncated_b": np.array([1, 0], np.int32),
         "skipped_b": np.array([0, 1], np.int32),
     }
-    out = ppo_experiment.repeat_prompts(batch, 3)
+    out = ppo_trainer.repeat_prompts(batch, 3)
     np.testing.assert_array_equal(out["tokens_bp"], [[1, 2]] * 3 + [[3, 4]] * 3)
     np.testing.assert_array_equal(out["mask_bp"], [[False, True]] * 3 + [[True, True]] * 3)
     np.testing.assert_array_equal(out["truncated_b"], [1, 0, 0, 0, 0, 0])

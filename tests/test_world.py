@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from absl import logging as absl_logging
 
-from rlhf_jax.data import builders, records, sources
-from rlhf_jax.world import corpus, evaluation, labeler, tasks
+from rlhf_jax.data import builders, records
+from rlhf_jax.world import corpus, datasets, evaluation, labeler, tasks
 
 QA_PROMPT = (
     "Facts: Mira lives in Oslo. Tom has a red car. Leo lives in Rome. "
@@ -268,10 +268,10 @@ def test_bad_world_settings_are_rejected():
 def test_tfds_builder_generates_the_world_locally(tmp_path, caplog):
     world = {"seed": 3, "sizes": {"sft": 40, "sft_validation": 10, "test": 20}}
     with caplog.at_level(logging.WARNING):
-        train = sources.open_source(
+        train = datasets.open_world_source(
             "instruction_world/sft", "train", data_dir=tmp_path, world=world
         )
-        sources.open_source("instruction_world/sft", "train", data_dir=tmp_path, world=world)
+        datasets.open_world_source("instruction_world/sft", "train", data_dir=tmp_path, world=world)
     # A made-to-measure world config is not worth a warning each time a job opens it.
     assert caplog.records and not any("custom data configuration" in m for m in caplog.messages)
     with caplog.at_level(logging.WARNING):  # other builders' custom configs still warn
@@ -285,7 +285,7 @@ def test_tfds_builder_generates_the_world_locally(tmp_path, caplog):
     for row in expected:
         assert by_id[row["id"]]["prompt"].decode() == row["prompt"]
         assert by_id[row["id"]]["response"].decode() == row["response"]
-    other_seed = sources.open_source(
+    other_seed = datasets.open_world_source(
         "instruction_world/sft", "train", data_dir=tmp_path, world={**world, "seed": 4}
     )
     assert {other_seed[i]["prompt"] for i in range(5)} != {train[i]["prompt"] for i in range(5)}
@@ -404,11 +404,11 @@ def test_gold_reward_is_the_rollout_score_in_the_fused_sharded_program():
     import jax
     import jax.numpy as jnp
 
-    from rlhf_jax import rollout as rollout_lib
     from rlhf_jax import sharding
     from rlhf_jax.data.tokenizer import train_bpe_tokenizer
     from rlhf_jax.generation import SamplingConfig
     from rlhf_jax.models import CausalLM, ScalarModel, TransformerConfig
+    from rlhf_jax.rl import rollout as rollout_lib
     from rlhf_jax.training import state as state_lib
     from rlhf_jax.world import gold_reward
 

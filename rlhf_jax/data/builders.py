@@ -10,9 +10,6 @@ At run time they are read with `tfds.data_source` (random access, no TensorFlow)
 - `alpaca/alpaca`, `alpaca/self_instruct_seed`: demonstrations through Alpaca's prompt template.
 - `qa_feedback/comparisons`, `qa_feedback/gold`: FineGrainedRLHF qa-feedback, K = 4 with all six
   pairs labelled (ties skipped), or its human gold answers as demonstrations.
-- `instruction_world/<part>`: the synthetic instruction world (`rlhf_jax.world`), generated
-  locally from a seed: parts pretrain, sft and prompts (`InstructionWorldConfig.make` for other
-  seeds and sizes).
 - `jsonl`: the user's own files, `Jsonl(config=JsonlConfig(name=..., kind=..., files={...}))`.
 
 Every record is stored in one of two feature shapes (see `rlhf_jax.data.records`). Records a parser
@@ -25,34 +22,32 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
 from rlhf_jax.data import records as records_lib
-from rlhf_jax.world import corpus
 
 DEMONSTRATIONS = "demonstrations"
 COMPARISONS = "comparisons"
 
 
-class _QuietMadeConfigs:
-    """Drops TFDS's "Using custom data configuration" warning for this module's made-to-measure
-    configs (`JsonlConfig`, `InstructionWorldConfig`): they are custom by design, and a job
-    opens its datasets dozens of times. Other builders' configs still warn."""
+class QuietMadeConfigs:
+    """Drops TFDS's "Using custom data configuration" warning for made-to-measure configs of the
+    given types (`JsonlConfig` here, the world's `InstructionWorldConfig`): they are custom by
+    design, and a job opens its datasets dozens of times. Other builders' configs still warn."""
+
+    def __init__(self, *config_types: type):
+        self.config_types = config_types
 
     def filter(self, record) -> bool:
         return not (
             record.msg == "Using custom data configuration: %s"
             and isinstance(record.args, tuple)
             and len(record.args) == 1
-            and isinstance(record.args[0], JsonlConfig | InstructionWorldConfig)
+            and isinstance(record.args[0], self.config_types)
         )
-
-
-logging.get_absl_logger().addFilter(_QuietMadeConfigs())
 
 
 def features_for(kind: str) -> tfds.features.FeaturesDict:
@@ -325,82 +320,4 @@ def build(builder: tfds.core.DatasetBuilder, *, manual_dir: str | None = None) -
     builder.download_and_prepare(download_config=config)
 
 
-# Config names hold only the settings changed from `corpus.WorldConfig`'s defaults, so a change of
-# those defaults needs a new version, or a build cached before it would be read stale.
-INSTRUCTION_WORLD_VERSION = "1.1.0"
-
-
-@dataclasses.dataclass
-class InstructionWorldConfig(tfds.core.BuilderConfig):
-    """One part ("pretrain", "sft" or "prompts") of the synthetic instruction world."""
-
-    part: str = "sft"
-    seed: int = 0
-    world: tuple[tuple[str, Any], ...] = ()  # corpus.WorldConfig fields
-    sizes: tuple[tuple[str, int], ...] = ()  # corpus.WorldSizes fields
-
-    @classmethod
-    def make(
-        cls, part: str, seed: int = 0, world: dict | None = None, sizes: dict | None = None
-    ) -> InstructionWorldConfig:
-        """A config named after its settings, so that other settings are built, not read stale."""
-        world_items = tuple(sorted((k, _hashable(v)) for k, v in (world or {}).items()))
-        size_items = tuple(sorted((sizes or {}).items()))
-        corpus.WorldConfig(**dict(world_items)), corpus.WorldSizes(**dict(size_items))  # validate
-        if part not in corpus.PARTS:
-            raise ValueError(f"Unknown part {part!r}; expected one of {corpus.PARTS}.")
-        name = part
-        if seed or world_items or size_items:
-            digest = hashlib.sha256(repr((seed, world_items, size_items)).encode()).hexdigest()
-            name = f"{part}-{digest[:10]}"
-        return cls(
-            name=name,
-            part=part,
-            seed=seed,
-            world=world_items,
-            sizes=size_items,
-            version=INSTRUCTION_WORLD_VERSION,
-        )
-
-
-def _hashable(value):
-    return tuple(value) if isinstance(value, list) else value
-
-
-class InstructionWorld(tfds.core.GeneratorBasedBuilder):
-    """The synthetic instruction world (`rlhf_jax.world`), generated locally from a seed."""
-
-    VERSION = tfds.core.Version(INSTRUCTION_WORLD_VERSION)
-    RELEASE_NOTES = {
-        "1.1.0": "The default world's demonstrators close 90% of their right answers to harmless "
-        'requests with "Hope this helps!" (`demo_signoff_rate=0.9`, `demo_signoff_variants=1`).',
-        "1.0.0": "The first world: no habits of the demonstrators by default.",
-    }
-    BUILDER_CONFIGS = [InstructionWorldConfig.make(part) for part in corpus.PARTS]
-
-    def __init__(self, *, skip_bad_records: bool = False, **kwargs):
-        del skip_bad_records  # generated records are well-formed
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=(self.__doc__ or "").strip(),
-            features=features_for(DEMONSTRATIONS),
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        config = self.builder_config
-        splits = corpus.world_splits(
-            config.part,
-            corpus.WorldConfig(**dict(config.world)),
-            corpus.WorldSizes(**dict(config.sizes)),
-            config.seed,
-        )
-        return {split: self._generate_examples(rows) for split, rows in splits.items()}
-
-    def _generate_examples(self, rows):
-        for row in rows:
-            yield row["id"], row
+logging.get_absl_logger().addFilter(QuietMadeConfigs(JsonlConfig))

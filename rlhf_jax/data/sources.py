@@ -20,21 +20,20 @@ def open_source(
     skip_bad_records: bool = False,
     jsonl_kind: str | None = None,
     jsonl_files: Mapping[str, str | Sequence[str]] | None = None,
-    world: Mapping[str, Any] | None = None,
 ) -> Sequence[Any]:
     """A TFDS split as a random-access sequence of records (dicts of numpy/bytes).
 
     Args:
       name: "anthropic_hh/harmless-base", "alpaca/self_instruct_seed", "qa_feedback/comparisons",
-        ..., or "jsonl/<your name>" together with `jsonl_kind` and `jsonl_files`.
+        ..., any other registered TFDS builder's name, or "jsonl/<your name>" together with
+        `jsonl_kind` and `jsonl_files`. (The instruction world's other seeds and sizes open
+        through `rlhf_jax.world.datasets.open_world_source`.)
       split: a TFDS split, slices included ("test[:90%]").
       data_dir: where the prepared array_record files live (TFDS default when None).
       manual_dir: local copies of the raw files (used instead of downloading).
       skip_bad_records: count and skip bad records while building instead of stopping.
       jsonl_kind: "demonstrations" or "comparisons" (jsonl only).
       jsonl_files: {split: path or paths} (jsonl only).
-      world: for "instruction_world/<part>": {"seed": int, "world": {WorldConfig fields},
-        "sizes": {WorldSizes fields}}; the default world (seed 0) when None.
     """
     data_dir = os.fspath(data_dir) if data_dir else None
     if name.startswith("jsonl/"):
@@ -44,11 +43,18 @@ def open_source(
         builder = builders.Jsonl(
             config=config, data_dir=data_dir, skip_bad_records=skip_bad_records
         )
-    elif name.startswith("instruction_world/") and world:
-        config = builders.InstructionWorldConfig.make(name.split("/", 1)[1], **dict(world))
-        builder = builders.InstructionWorld(config=config, data_dir=data_dir)
     else:
         builder = tfds.builder(name, data_dir=data_dir, skip_bad_records=skip_bad_records)
+    return prepare_and_open(builder, split, manual_dir=manual_dir)
+
+
+def prepare_and_open(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    *,
+    manual_dir: str | os.PathLike | None = None,
+) -> Sequence[Any]:
+    """`builder`'s `split` as a random-access source, prepared first when it is not yet."""
     if not builder.is_prepared():
         builders.build(builder, manual_dir=os.fspath(manual_dir) if manual_dir else None)
     return builder.as_data_source(split=split)

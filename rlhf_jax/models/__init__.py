@@ -1,4 +1,5 @@
-"""Model code: configuration, decoder, heads, KV cache and transformers conversion."""
+"""Model code: configuration, decoder, heads, KV cache and transformers conversion (`hf`,
+`hf_config`). Pure math: imports no other part of rlhf_jax."""
 
 from rlhf_jax.models import hf
 from rlhf_jax.models.config import RopeScaling, TransformerConfig

@@ -127,7 +127,7 @@ class ScalarModel(nn.Module):
 class ValueHead(nn.Module):
     """A value head on another model's backbone: a linear scalar read from its hidden states.
 
-    PPO's option of a value function on the policy (`rlhf_jax.ppo`): the policy forward already
+    PPO's option of a value function on the policy (`rlhf_jax.rl.ppo`): the policy forward already
     computes hidden_btd, so values cost one [E] x [E, 1] product per token. Its variables,
     {"params": {"head": {"kernel", "bias"}}}, have the layout of a ScalarModel's head, so a reward
     model's head can initialise it.

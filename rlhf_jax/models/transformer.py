@@ -283,7 +283,7 @@ def tied_logits(hidden_btd: jax.Array, embedding_ve: jax.Array) -> jax.Array:
     gradient is computed as hidden^T @ dlogits ([E, V], then transposed), so the [B*T, V]
     gradient of the logits is read in its own layout. Autodiff's dlogits^T @ hidden made XLA:CPU
     copy that whole array into transposed form first (about a fifth of an SFT step's time at
-    vocab 8192, measured by `experiments/benchmark.py`'s workload (a)).
+    vocab 8192, measured by `rlhf_jax.benchmarks`' workload (a)).
     """
     return jnp.dot(hidden_btd, embedding_ve.T)
 

@@ -31,7 +31,7 @@ from rlhf_jax import losses
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.models.heads import CausalLM, ScalarModel, ValueHead
 from rlhf_jax.models.partitioning import LogicalRules, activation_sharding, constrain
-from rlhf_jax.rollout import Rollout, policy_forward, response_values, rollout_metrics
+from rlhf_jax.rl.rollout import Rollout, policy_forward, response_values, rollout_metrics
 from rlhf_jax.training import steps
 from rlhf_jax.training.state import TrainState
 
@@ -475,7 +475,7 @@ def make_iteration(
     With `timed`, the host waits for each call to finish (no data is read) and adds
     "time/rollout_s" and "time/update_s" (wall seconds of each call, dispatch included).
     """
-    from rlhf_jax.rollout import RolloutParams
+    from rlhf_jax.rl.rollout import RolloutParams
 
     def step(state: PPOState, batch: Batch, rng: jax.Array):
         rollout_rng, update_rng = jax.random.split(rng)

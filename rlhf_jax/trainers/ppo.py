@@ -8,12 +8,12 @@ r"""PPO and PPO-ptx (InstructGPT step 3): the SFT policy against the reward mode
 The policy and the frozen reference load from the SFT model (a transformers directory), the frozen
 RM and the value model (initialised from it) from the reward run's export; with
 --config.ppo.value_model=policy_head the value is a fresh head on the policy's backbone. Each
-iteration is one fused rollout call and one update call (`rlhf_jax.ppo.make_iteration`), driven by
-the same loop as SFT/RM: progress bar, metrics (JSONL + TensorBoard + png), SIGTERM, checkpoints of
-the whole PPOState (both models, both optimizers, the KL coefficient) and of the prompt/ptx
-iterators; rerunning the command resumes. Every `train.eval_every` iterations the policy answers the
-held-out prompts; their mean RM score and KL are logged and a table of samples goes to
-workdir/samples.md.
+iteration is one fused rollout call and one update call (`rlhf_jax.rl.ppo.make_iteration`),
+driven by the same loop as SFT/RM: progress bar, metrics (JSONL + TensorBoard + png), SIGTERM,
+checkpoints of the whole PPOState (both models, both optimizers, the KL coefficient) and of the
+prompt/ptx iterators; rerunning the command resumes. Every `train.eval_every` iterations the
+policy answers the held-out prompts; their mean RM score and KL are logged and a table of samples
+goes to workdir/samples.md.
 The final policy is exported as a transformers directory (workdir/model).
 """
 
@@ -30,13 +30,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import common
-from rlhf_jax import ppo, sharding
-from rlhf_jax import rollout as rollout_lib
+from rlhf_jax import sharding
 from rlhf_jax.data import pipeline
 from rlhf_jax.data.tokenizer import Tokenizer
 from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.models import CausalLM, ScalarModel, ValueHead, hf
+from rlhf_jax.rl import ppo
+from rlhf_jax.rl import rollout as rollout_lib
+from rlhf_jax.trainers import run, setup
 from rlhf_jax.training import export, steps
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training.loop import LoopConfig, means, sum_metrics, train_loop
@@ -45,14 +46,14 @@ from rlhf_jax.world import gold_reward
 
 def _load_models(config: ml_collections.ConfigDict):
     """(policy config, policy params, reward config, reward params) from the two exports."""
-    sft_dir = common.resolve_path(config.model.get("sft_dir"))
-    reward_dir = common.resolve_path(config.model.get("reward_dir"))
+    sft_dir = setup.resolve_path(config.model.get("sft_dir"))
+    reward_dir = setup.resolve_path(config.model.get("reward_dir"))
     if not sft_dir or not reward_dir:
         raise ValueError(
             "PPO needs --config.model.sft_dir (an experiments.sft workdir/model) and "
             "--config.model.reward_dir (an experiments.reward workdir/model)."
         )
-    overrides = {**common.model_overrides(config.model), "dropout_rate": 0.0}  # no dropout in RL
+    overrides = {**setup.model_overrides(config.model), "dropout_rate": 0.0}  # no dropout in RL
     policy_config, policy_params = hf.load_pretrained(sft_dir, **overrides)
     kind, reward_config, reward_params = export.load_model(reward_dir)
     if kind != "reward":
@@ -65,13 +66,13 @@ def _ptx_source(config, split: str):
     """The pretraining-data stand-in (`config.ptx.name`, default the prompt dataset) at `split`."""
     ptx_data = ml_collections.ConfigDict(config.data.to_dict())
     ptx_data.name = config.ptx.name or config.data.name
-    return common.open_split(ptx_data, split)
+    return setup.open_split(ptx_data, split)
 
 
 def _optimizer(config, learning_rate: float):
     # Each iteration takes epochs x minibatches optimizer steps.
     total = config.train.num_steps * config.ppo.epochs * config.ppo.minibatches
-    return common.make_optimizer(config.optim, learning_rate, total)
+    return setup.make_optimizer(config.optim, learning_rate, total)
 
 
 def _ppo_config(config) -> ppo.PPOConfig:
@@ -144,14 +145,14 @@ def _ptx_rows(config, tokenizer: Tokenizer, ptx_source) -> tuple[Any, Any, dict]
     with `ppo.ptx_documents_per_row` > 1 whole documents packed up to that many to a row of
     `ppo.ptx_row_len` tokens (default max_len), each attending to itself, so every token has the
     loss it has in its own row (`ppo.ptx_batch_size` then counts rows)."""
-    spec = common.sequence_spec(config.data)
+    spec = setup.sequence_spec(config.data)
     per_row = config.ppo.get("ptx_documents_per_row", 1)
     if per_row < 1:
         raise ValueError(f"ppo.ptx_documents_per_row must be >= 1, got {per_row}.")
     if per_row == 1:
         return ptx_source, pipeline.TokenizeDemonstration(tokenizer, spec, loss_on_prompt=True), {}
     row_len = config.ppo.get("ptx_row_len", 0) or spec.max_len
-    return common.packed_demonstration_rows(
+    return setup.packed_demonstration_rows(
         ptx_source, tokenizer, spec, row_len, per_row, config.seed + 1, loss_on_prompt=True
     )
 
@@ -202,18 +203,18 @@ def warn_on_negative_kl(kl_per_response: float, where: str) -> None:
         logging.warning("%s: %s", where, message)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains and exports; returns the summary dict."""
     workdir = os.path.abspath(workdir)
-    common.write_config(config, workdir)
+    setup.write_config(config, workdir)
     sft_dir, policy_config, policy_params, reward_config, reward_params = _load_models(config)
     tokenizer = Tokenizer.from_pretrained(
         sft_dir, eos_token=config.tokenizer.get("eos_token") or None
     )
-    if common.is_chief():
+    if setup.is_chief():
         tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
-    prompt_source = common.open_split(config.data, config.data.train_split)
-    eval_source = common.open_split(config.data, config.data.eval_split)
+    prompt_source = setup.open_split(config.data, config.data.train_split)
+    eval_source = setup.open_split(config.data, config.data.eval_split)
     ptx_rows, ptx_transform, ptx_packing = None, None, {}
     if config.ppo.ptx_coef > 0:
         ptx_rows, ptx_transform, ptx_packing = _ptx_rows(
@@ -283,7 +284,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     train_data = _datasets(config, tokenizer, prompt_source, ptx_rows, ptx_transform)
     train_iter = iter(train_data.to_iter_dataset())
-    state, checkpointer, writer, _ = common.resume_or_start(
+    state, checkpointer, writer, _ = run.resume_or_start(
         config, workdir, state, state_sh, train_iter
     )
 
@@ -303,14 +304,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"The eval split has fewer prompts than train.batch_size={config.train.batch_size}."
         )
     # The alignment tax: NLL of every token of held-out "pretraining" text under the policy.
-    pretrain_nll = common.make_evaluate(
+    pretrain_nll = run.make_evaluate(
         steps.sft_forward(policy),
         mesh,
         policy_sh,
-        common.eval_batches(
+        run.eval_batches(
             _ptx_source(config, config.ptx.get("eval_split") or config.data.eval_split),
             pipeline.TokenizeDemonstration(
-                tokenizer, common.sequence_spec(config.data), loss_on_prompt=True
+                tokenizer, setup.sequence_spec(config.data), loss_on_prompt=True
             ),
             config.ppo.ptx_batch_size,
             config.seed,
@@ -334,7 +335,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if table is None:
                 table = jax.device_get((out.tokens_bs, out.response_mask_bn, out.raw_score_b))
         evaluations[0] += 1
-        if common.is_chief():
+        if setup.is_chief():
             tokens, mask, scores = table
             rows = min(config.ppo.sample_rows, len(scores))
             prompt_len = tokens.shape[1] - mask.shape[1]
@@ -402,13 +403,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "train_wall_s": train_wall_s,
     }
     if not result.preempted:
-        common.export_causal_lm(workdir, policy_config, result.state.policy.params, tokenizer)
+        run.export_causal_lm(workdir, policy_config, result.state.policy.params, tokenizer)
     checkpointer.close()
-    common.finish(
+    run.finish(
         workdir, writer, summary, ("train/rollout/score", "train/rollout/kl", "eval/score_raw")
     )
     return summary
-
-
-if __name__ == "__main__":
-    common.run_stage_module(run)

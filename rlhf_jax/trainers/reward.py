@@ -24,25 +24,23 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments import common
 from rlhf_jax import losses
 from rlhf_jax.data import packing, pipeline
 from rlhf_jax.models import ScalarModel, hf
+from rlhf_jax.trainers import run, setup
 from rlhf_jax.training import export, reward, stats, steps
 from rlhf_jax.training import state as state_lib
 
 
 def _model_and_params(config, tokenizer_vocab: int):
     """(model config, ScalarModel, params, logical specs): from the SFT model or from scratch."""
-    sft_dir = common.resolve_path(config.model.get("sft_dir"))
+    sft_dir = setup.resolve_path(config.model.get("sft_dir"))
     if sft_dir:
-        model_config, lm_params = hf.load_pretrained(
-            sft_dir, **common.model_overrides(config.model)
-        )
+        model_config, lm_params = hf.load_pretrained(sft_dir, **setup.model_overrides(config.model))
         model = ScalarModel(model_config)
         fresh, specs = state_lib.init_variables(model, 8, config.seed)
         return model_config, model, reward.reward_params_from_lm(lm_params, fresh), specs
-    model_config = common.scratch_model_config(config.model, tokenizer_vocab)
+    model_config = setup.scratch_model_config(config.model, tokenizer_vocab)
     model = ScalarModel(model_config)
     params, specs = state_lib.init_variables(model, config.data.max_len, config.seed)
     return model_config, model, params, specs
@@ -53,7 +51,7 @@ def heldout_pairwise_accuracy(score_fn, params, batches, mesh) -> dict:
     correct, pairs = [], []
     for batch in batches:
         placed = pipeline.to_global_arrays(batch, mesh)
-        scores_bk = np.asarray(common.to_host(score_fn(params, placed)))
+        scores_bk = np.asarray(setup.to_host(score_fn(params, placed)))
         prefers_bkk = steps.comparison_prefers(batch)
         margin_bkk = scores_bk[:, :, None] - scores_bk[:, None, :]
         correct.extend(np.sum((margin_bkk > 0) & prefers_bkk, axis=(1, 2)).tolist())
@@ -73,17 +71,17 @@ def heldout_pairwise_accuracy(score_fn, params, batches, mesh) -> dict:
     }
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
-    common.write_config(config, workdir)
-    train_source = common.open_split(config.data, config.data.train_split)
-    eval_source = common.open_split(config.data, config.data.eval_split)
+    setup.write_config(config, workdir)
+    train_source = setup.open_split(config.data, config.data.train_split)
+    eval_source = setup.open_split(config.data, config.data.eval_split)
     if config.model.get("sft_dir") and not config.tokenizer.get("path"):
         config.tokenizer.path = config.model.sft_dir  # the SFT run saved its tokenizer there
-    tokenizer = common.load_tokenizer(config, workdir, lambda: common.record_texts(train_source))
+    tokenizer = setup.load_tokenizer(config, workdir, lambda: setup.record_texts(train_source))
     model_config, model, params, specs = _model_and_params(config, tokenizer.vocab_size)
 
-    spec = common.sequence_spec(config.data)
+    spec = setup.sequence_spec(config.data)
     row_len = config.data.get("shared_prompt_row_len", 0)
     per_row = config.data.get("comparisons_per_row", 1)
     if per_row < 1:
@@ -116,7 +114,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_rows, transform, batch_size=config.train.batch_size, seed=config.seed
     )
     forward = steps.reward_forward(model, losses.LOSSES[config.loss])
-    run_ = common.prepare_run(
+    run_ = run.prepare_run(
         config=config,
         workdir=workdir,
         params=params,
@@ -125,14 +123,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_dataset=train_dataset,
     )
     mesh = run_.mesh
-    eval_data = common.eval_batches(eval_rows, transform, config.train.batch_size, config.seed)
-    evaluate = common.make_evaluate(forward, run_.mesh, run_.param_shardings, eval_data)
+    eval_data = run.eval_batches(eval_rows, transform, config.train.batch_size, config.seed)
+    evaluate = run.make_evaluate(forward, run_.mesh, run_.param_shardings, eval_data)
 
     def tokens(batch):
         return int(np.sum(batch["mask_bkt" if "mask_bkt" in batch else "mask_bt"]))
 
     started = time.perf_counter()
-    result = common.train(run_, config, evaluate=evaluate, tokens_in_batch=tokens)
+    result = run.train(run_, config, evaluate=evaluate, tokens_in_batch=tokens)
     train_wall_s = time.perf_counter() - started  # the steps, compiling and evaluations
     summary = {
         "experiment": "reward",
@@ -153,8 +151,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         reference_name = config.reward.get("reference_name") or config.data.name
         reference_data = ml_collections.ConfigDict(config.data.to_dict())
         reference_data.name = reference_name
-        reference_source = common.open_split(reference_data, config.reward.reference_split)
-        reference_batches = common.eval_batches(
+        reference_source = setup.open_split(reference_data, config.reward.reference_split)
+        reference_batches = run.eval_batches(
             reference_source,
             pipeline.TokenizeDemonstration(tokenizer, spec),
             config.train.batch_size,
@@ -166,8 +164,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         params = reward.shift_reward_bias(params, mean_before)
         summary["reference_mean_reward_before_normalisation"] = mean_before
         summary["reference_responses"] = len(reference_source)
-        host_params = common.to_host(params)
-        if common.is_chief():
+        host_params = setup.to_host(params)
+        if setup.is_chief():
             export.save_model(
                 os.path.join(workdir, "model"),
                 model_config,
@@ -176,9 +174,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 kind="reward",
             )
     run_.checkpointer.close()
-    common.finish(workdir, run_.writer, summary, ("train/loss", "eval/accuracy", "eval/margin"))
+    run.finish(workdir, run_.writer, summary, ("train/loss", "eval/accuracy", "eval/margin"))
     return summary
-
-
-if __name__ == "__main__":
-    common.run_stage_module(run)

@@ -4,9 +4,10 @@ r"""Supervised fine-tuning (InstructGPT step 1): response-only NLL on demonstrat
   python -m experiments.sft --config=experiments/configs/hh_tiny.py:sft --workdir=/tmp/sft \
       --config.train.num_steps=50 --config.optim.learning_rate=1e-3
 
-Rerunning the same command on a workdir with checkpoints resumes from the newest one. See
-experiments/common.py for what the workdir holds; the final model is a transformers-format
-directory (workdir/model) that `experiments.reward` and `transformers` load.
+or from Python, `rlhf_jax.trainers.sft.train_and_evaluate(config, workdir)`. Rerunning on a
+workdir with checkpoints resumes from the newest one. `rlhf_jax.trainers.run` says what the workdir
+holds; the final model is a transformers-format directory (workdir/model) that the reward trainer
+and `transformers` load.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from experiments import common
 from rlhf_jax import losses
 from rlhf_jax.data import packing, pipeline
 from rlhf_jax.models import CausalLM, hf
+from rlhf_jax.trainers import run, setup
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training import steps
 
@@ -39,34 +40,34 @@ def _train_rows(config, train_source, tokenizer, spec, transform) -> tuple[Any, 
         if per_row > 1:
             raise ValueError(
                 "data.pack_documents excludes data.documents_per_row > 1: set one of them "
-                "(in experiments.instructgpt, --config.pretrain.documents_per_row=1)."
+                "(in the InstructGPT recipe, --config.pretrain.documents_per_row=1)."
             )
         packed = packing.pack_documents(train_source, tokenizer, spec.max_len, config.seed)
         return packed, packing.RowToElement(), {"train_rows": len(packed)}
     if per_row == 1:
         return train_source, transform, {}
     row_len = config.data.get("packed_row_len", 0) or spec.max_len
-    return common.packed_demonstration_rows(
+    return setup.packed_demonstration_rows(
         train_source, tokenizer, spec, row_len, per_row, config.seed
     )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, evaluates and exports; returns the summary dict."""
     workdir = os.path.abspath(workdir)
-    common.write_config(config, workdir)
-    train_source = common.open_split(config.data, config.data.train_split)
-    eval_source = common.open_split(config.data, config.data.eval_split)
-    tokenizer = common.load_tokenizer(config, workdir, lambda: common.record_texts(train_source))
+    setup.write_config(config, workdir)
+    train_source = setup.open_split(config.data, config.data.train_split)
+    eval_source = setup.open_split(config.data, config.data.eval_split)
+    tokenizer = setup.load_tokenizer(config, workdir, lambda: setup.record_texts(train_source))
 
     if config.model.init == "scratch":
-        model_config = common.scratch_model_config(config.model, tokenizer.vocab_size)
+        model_config = setup.scratch_model_config(config.model, tokenizer.vocab_size)
         model = CausalLM(model_config)
         params, specs = state_lib.init_variables(model, config.data.max_len, config.seed)
     elif config.model.init == "pretrained":
         model_config, params = hf.load_pretrained(
-            common.local_or_hub(config.model.name_or_path),
-            **common.model_overrides(config.model),
+            setup.local_or_hub(config.model.name_or_path),
+            **setup.model_overrides(config.model),
         )
         model = CausalLM(model_config)
         _, specs = state_lib.init_variables(model, 8, config.seed)
@@ -78,7 +79,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"({tokenizer.vocab_size})."
         )
 
-    spec = common.sequence_spec(config.data)
+    spec = setup.sequence_spec(config.data)
     transform = pipeline.TokenizeDemonstration(tokenizer, spec)
     train_rows, train_transform, packing_summary = _train_rows(
         config, train_source, tokenizer, spec, transform
@@ -88,7 +89,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     loss_fn = losses.LOSSES[config.loss]
     forward = steps.sft_forward(model, loss_fn)
-    run_ = common.prepare_run(
+    run_ = run.prepare_run(
         config=config,
         workdir=workdir,
         params=params,
@@ -96,8 +97,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         forward=forward,
         train_dataset=train_dataset,
     )
-    eval_data = common.eval_batches(eval_source, transform, config.train.batch_size, config.seed)
-    eval_means = common.make_evaluate(forward, run_.mesh, run_.param_shardings, eval_data)
+    eval_data = run.eval_batches(eval_source, transform, config.train.batch_size, config.seed)
+    eval_means = run.make_evaluate(forward, run_.mesh, run_.param_shardings, eval_data)
 
     def evaluate(params) -> dict[str, float]:
         result = eval_means(params)
@@ -105,7 +106,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return result
 
     started = time.perf_counter()
-    result = common.train(
+    result = run.train(
         run_, config, evaluate=evaluate, tokens_in_batch=lambda b: int(np.sum(b["mask_bt"]))
     )
     train_wall_s = time.perf_counter() - started  # the steps, compiling and evaluations
@@ -124,11 +125,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "train_wall_s": train_wall_s,
     }
     if not result.preempted:
-        common.export_causal_lm(workdir, model_config, result.state.params, tokenizer)
+        run.export_causal_lm(workdir, model_config, result.state.params, tokenizer)
     run_.checkpointer.close()
-    common.finish(workdir, run_.writer, summary, ("train/loss", "eval/nll", "train/tokens_per_s"))
+    run.finish(workdir, run_.writer, summary, ("train/loss", "eval/nll", "train/tokens_per_s"))
     return summary
-
-
-if __name__ == "__main__":
-    common.run_stage_module(run)

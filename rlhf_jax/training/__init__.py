@@ -1,1 +1,3 @@
-"""Training: optimizers, train state, pure step functions, checkpoints, metric writers."""
+"""Training: optimizers, train state, pure step functions, the generic loop, checkpoints and
+metric writers. Imports `models`, `losses` and `sharding`; never reads a config file or a dataset.
+"""

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.data.tokenizer import Tokenizer
-from rlhf_jax.rollout import ScoreFn
+from rlhf_jax.rl.rollout import ScoreFn
 from rlhf_jax.world import labeler
 
 

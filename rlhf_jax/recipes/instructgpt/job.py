@@ -1,580 +1,77 @@
-r"""InstructGPT end to end on the synthetic instruction world, with the paper's evaluations.
-
-  python -m experiments.instructgpt --workdir=/tmp/igpt                  # the main job
-  python -m experiments.instructgpt --workdir=/tmp/igpt_smoke --preset=smoke
-  python -m experiments.instructgpt --workdir=/tmp/igpt \
-      --config=experiments/configs/instructgpt.py --config.ppo.iterations=100    # overrides
-
-Stages, each in its own folder of the workdir and each reusing a stage module:
+"""The InstructGPT recipe as a job of named stages, each in its own folder of the workdir:
 
   world           the world's TFDS datasets (workdir/tfds) and a BPE tokenizer trained on them
-  pretrain_<size> base models on the pretraining corpus (experiments.sft, loss on every token)
-  sft_<size>      SFT from each base model on the demonstrations (experiments.sft)
+  pretrain_<size> base models on the pretraining corpus (the SFT trainer, loss on every token)
+  sft_<size>      SFT from each base model on the demonstrations
   rank            K = 4..9 samples of the small SFT model per prompt, ranked by a noisy labeler
                   whose temperature gives the target inter-labeler agreement
-  rm              the reward model from the small SFT model (experiments.reward)
+  rm              the reward model from the small SFT model
   rm_families     its held-out accuracy per task family, beside the gold ordering's
   best_of_n       N samples of the small SFT model per held-out prompt: the RM's pick and the
                   gold labeler's pick against SFT's greedy answer (what reranking can gain)
-  ppo, ppo_ptx    PPO and PPO-ptx from the small SFT model (experiments.ppo)
+  ppo, ppo_ptx    PPO and PPO-ptx from the small SFT model
   evaluate        every model answers the held-out prompts; the gold labeler judges
   report          report.md, metrics.json and PNG plots in the workdir
 
-A stage whose folder holds its `summary.json` is finished and skipped when the command is rerun
-(summaries are written whole or not at all; one that cannot be read runs its stage again); a
-stage killed midway resumes from its checkpoints. Wall time per stage, and the part of it spent
-in XLA's compiler, is printed and reported.
-`--until=<stage>` stops after that stage (no report); a later run without it goes on.
+`run(config, workdir)` runs them all (what `python -m experiments.instructgpt` calls); a notebook
+calls them one group at a time: `build_world`, `pretrain`, `train_sft`, `sample_and_rank`,
+`train_reward_models`, `best_of_n`, `train_policies`, `evaluate`, `write_report`. A stage whose
+folder holds its `summary.json` is finished and skipped when called again (summaries are written
+whole or not at all; one that cannot be read runs its stage again); a stage killed midway resumes
+from its checkpoints. Wall time per stage, and the part of it spent in XLA's compiler, is printed
+and reported.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import itertools
 import json
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
-import numpy as np
-from absl import app, flags, logging
 
-from experiments import common, instructgpt_report
-from experiments import ppo as ppo_experiment
-from experiments import reward as reward_experiment
-from experiments import sft as sft_experiment
-from experiments.configs import hh_tiny
-from experiments.configs import instructgpt as presets
-from rlhf_jax.data import pipeline
-from rlhf_jax.data.tokenizer import Tokenizer, train_bpe_tokenizer
-from rlhf_jax.generation import SamplingConfig, generate_texts, make_sampler
-from rlhf_jax.models import CausalLM, ScalarModel, hf
-from rlhf_jax.training import export, steps
-from rlhf_jax.training.loop import means, sum_metrics
-from rlhf_jax.world import corpus, evaluation, labeler
-from rlhf_jax.world import tasks as tasks_lib
-
-_UNTIL = flags.DEFINE_string(
-    "until", None, "Stop after this stage (e.g. rank), without the report; rerun to go on."
+from rlhf_jax.recipes.instructgpt import presets, report
+from rlhf_jax.recipes.instructgpt.labeler_stages import (
+    evaluated_models,
+    extra_models,
+    stage_best_of_n,
+    stage_evaluate,
+    stage_rank,
+    stage_rm_families,
+    stage_world,
 )
-
-# ---------------------------------------------------------------------------------------------
-# Stage configs: the stage modules' own configs with the world's data and sizes
-# ---------------------------------------------------------------------------------------------
-
-
-def world_data(
-    config, workdir: str, part: str, train: str, eval_: str
-) -> ml_collections.ConfigDict:
-    data = hh_tiny.base_config().data
-    data.update(
-        name=f"instruction_world/{part}",
-        manual_dir="",
-        data_dir=os.path.join(workdir, "tfds"),
-        skip_bad_records=False,
-        train_split=train,
-        eval_split=eval_,
-        max_len=config.max_len,
-        max_prompt_len=config.max_prompt_len,
-        max_responses=config.rank.k_max,
-        overlong="truncate",
-    )
-    data.world = ml_collections.ConfigDict(
-        dict(seed=config.world.seed, sizes=config.world.sizes.to_dict())
-    )
-    if changed := presets.world_settings(config):  # only those, so datasets keep their names
-        data.world.world = changed
-    return data
+from rlhf_jax.recipes.instructgpt.stage_configs import (
+    ppo_config,
+    pretrain_config,
+    reward_config,
+    sft_config,
+)
+from rlhf_jax.trainers import ppo, reward, setup, sft
+from rlhf_jax.world import corpus
 
 
-def _common(stage, config, steps_, batch_size: int, learning_rate: float) -> None:
-    stage.seed = config.seed
-    stage.optim.update(learning_rate=learning_rate, warmup_steps=max(1, steps_ // 20))
-    stage.train.update(
-        batch_size=batch_size,
-        num_steps=steps_,
-        log_every=max(1, min(10, steps_ // 5)),
-        eval_every=steps_,
-        checkpoint_every=max(1, steps_ // 2),
-        keep_checkpoints=1,
-    )
+def stages(config, workdir: str) -> list[tuple[str, Callable[[str], dict]]]:
+    """(name, `fn(out_dir) -> summary`) of every stage, in order. A trainer's config is made when
+    its stage runs."""
 
+    def trainer(train_and_evaluate, make_config, *args) -> Callable[[str], dict]:
+        return lambda out: train_and_evaluate(make_config(config, workdir, *args), out)
 
-def pretrain_config(config, workdir: str, size: str) -> ml_collections.ConfigDict:
-    c = hh_tiny.get_config("sft")
-    c.data = world_data(config, workdir, "pretrain", "train", "validation")
-    c.data.pack_documents = config.pretrain.get("pack_documents", False)
-    c.data.documents_per_row = config.pretrain.get("documents_per_row", 1)
-    c.tokenizer.path = os.path.join(workdir, "world", "tokenizer")
-    c.model.update(init="scratch", max_len=config.max_len, dropout_rate=0.0, **config.models[size])
-    _common(
-        c,
-        config,
-        config.pretrain.steps[size],
-        config.pretrain.batch_size,
-        config.pretrain.learning_rate,
-    )
-    return c
-
-
-def sft_config(config, workdir: str, size: str) -> ml_collections.ConfigDict:
-    c = hh_tiny.get_config("sft")
-    c.data = world_data(config, workdir, "sft", "train", "validation")
-    c.data.documents_per_row = config.sft.get("documents_per_row", 1)
-    base = os.path.join(workdir, f"pretrain_{size}", "model")
-    c.tokenizer.path = base
-    c.model.update(init="pretrained", name_or_path=base, max_len=config.max_len, dropout_rate=0.0)
-    _common(c, config, config.sft.steps[size], config.sft.batch_size, config.sft.learning_rate)
-    return c
-
-
-def reward_config(config, workdir: str) -> ml_collections.ConfigDict:
-    c = hh_tiny.get_config("reward")
-    c.data = world_data(config, workdir, "sft", "train", "heldout")
-    c.data.update(
-        name="jsonl/world_rankings",
-        jsonl_kind="comparisons",
-        shared_prompt_row_len=config.rm.get("shared_prompt_row_len", 0),
-        comparisons_per_row=config.rm.get("comparisons_per_row", 1),
-    )
-    c.data.jsonl_files = ml_collections.ConfigDict(
-        {s: os.path.join(workdir, "rank", f"{s}.jsonl") for s in ("train", "heldout")}
-    )
-    # The paper used one 6B RM for every policy size: `rm.sft_size` picks the SFT model it starts
-    # from (the PPO policy is always the small SFT model).
-    sft_dir = os.path.join(workdir, f"sft_{config.rm.sft_size}", "model")
-    c.model.update(sft_dir=sft_dir, dropout_rate=0.0)
-    # Normalisation: the labelers' demonstrations score mean 0, as in the paper.
-    c.reward.update(reference_name="instruction_world/sft", reference_split="train")
-    _common(c, config, config.rm.steps, config.rm.batch_size, config.rm.learning_rate)
-    return c
-
-
-def ppo_config(config, workdir: str, ptx: bool) -> ml_collections.ConfigDict:
-    c = hh_tiny.get_config("ppo")
-    c.data = world_data(config, workdir, "prompts", "ppo", "test")
-    c.model.update(
-        sft_dir=os.path.join(workdir, "sft_small", "model"),
-        reward_dir=os.path.join(workdir, "rm", "model"),
-    )
-    p = config.ppo
-    c.optim.update(learning_rate=p.learning_rate, value_learning_rate=p.value_learning_rate)
-    c.ppo.update(
-        epochs=p.epochs,
-        minibatches=p.minibatches,
-        ptx_coef=p.ptx_coef if ptx else 0.0,
-        ptx_batch_size=p.ptx_batch_size,
-        ptx_documents_per_row=p.get("ptx_documents_per_row", 1),
-        max_new_tokens=config.max_new_tokens,
-        kl_coef=p.kl_coef,
-        eval_batches=1,
-        value_model=p.value_model,
-        reward=p.reward,
-        advantage=p.advantage,
-        samples_per_prompt=p.samples_per_prompt,
-        temperature=p.temperature,
-    )
-    c.ptx.update(name="instruction_world/pretrain", split="train", eval_split="validation")
-    _common(c, config, p.iterations, p.batch_size, p.learning_rate)
-    c.optim.warmup_steps = 1
-    c.train.log_every = max(1, min(5, p.iterations // 4))
-    return c
-
-
-# ---------------------------------------------------------------------------------------------
-# Stages that are not a stage module: the world, sample-and-rank, evaluation
-# ---------------------------------------------------------------------------------------------
-
-
-def _records(config, workdir: str, part: str, split: str) -> list[dict]:
-    data = world_data(config, workdir, part, split, split)
-    source = common.open_split(data, split)
-    return [
-        {k: pipeline.as_text(source[i][k]) for k in ("prompt", "response")}
-        for i in range(len(source))
-    ]
-
-
-def stage_world(config, workdir: str, out: str) -> dict:
-    """Builds every split of the world and trains the tokenizer on pretraining text and demos."""
-    counts = {}
-    for part, splits in (
-        ("pretrain", ("train", "validation")),
-        ("sft", ("train", "validation")),
-        ("prompts", ("rm", "ppo", "test")),
-    ):
-        for split in splits:
-            data = world_data(config, workdir, part, split, split)
-            counts[f"{part}/{split}"] = len(common.open_split(data, split))
-    texts = [r["prompt"] + r["response"] for r in _records(config, workdir, "pretrain", "train")]
-    texts += [r["prompt"] + r["response"] for r in _records(config, workdir, "sft", "train")]
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=config.tokenizer_vocab)
-    if common.is_chief():
-        tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
-    return {"records": counts, "vocab_size": tokenizer.vocab_size}
-
-
-def _sampler_for(model_dir: str, temperature: float, max_new_tokens: int):
-    model_config, params = hf.load_pretrained(model_dir, dropout_rate=0.0)
-    tokenizer = Tokenizer.from_pretrained(model_dir)
-    sampling = SamplingConfig(
-        max_new_tokens,
-        temperature=temperature,
-        eos_ids=(tokenizer.eos_id,),
-        pad_id=tokenizer.pad_id,
-    )
-    return make_sampler(CausalLM(model_config), sampling), params, tokenizer, model_config
-
-
-def _generate(
-    config,
-    sampler,
-    params,
-    tokenizer,
-    prompts: list[str],
-    seed: int,
-    progress: str,
-    sort_by_length: bool = False,
-) -> list[str]:
-    """Each prompt's response text from `sampler` (the job's batch size and prompt budget; with
-    `sort_by_length`, batches of similar lengths, each padded to its own), with a progress bar
-    labelled `progress`."""
-    return generate_texts(
-        sampler,
-        params,
-        tokenizer,
-        prompts,
-        batch_size=config.eval.batch_size,
-        max_prompt_len=config.max_prompt_len,
-        rng=jax.random.key(seed),
-        progress=progress,
-        sort_by_length=sort_by_length,
-    )
-
-
-def stage_rank(config, workdir: str, out: str) -> dict:
-    """K samples of the small SFT model per rm prompt, de-duplicated, ranked by a noisy labeler.
-
-    Writes rank/{train,heldout}.jsonl ({prompt, responses, ranking}); returns the labeler
-    temperature, the two-labeler agreement on held-out pairs and the gold ordering's accuracy
-    against the labeler (what a perfect reward model would score).
-    """
-    rng = np.random.default_rng([config.seed, 7])
-    prompts = [r["prompt"] for r in _records(config, workdir, "prompts", "rm")]
-    sampler, params, tokenizer, _ = _sampler_for(
-        os.path.join(workdir, "sft_small", "model"), config.rank.temperature, config.max_new_tokens
-    )
-    ks = rng.integers(config.rank.k_min, config.rank.k_max + 1, size=len(prompts))
-    flat = [p for p, k in zip(prompts, ks, strict=True) for _ in range(k)]
-    texts = _generate(
-        config,
-        sampler,
-        params,
-        tokenizer,
-        flat,
-        config.seed,
-        "rank: sampling",
-        sort_by_length=config.rank.get("sort_by_length", False),
-    )
-    kept_prompts, kept_responses, single = [], [], 0
-    start = 0
-    for prompt, k in zip(prompts, ks, strict=True):
-        unique = list(dict.fromkeys(t.strip() for t in texts[start : start + k] if t.strip()))
-        start += k
-        if len(unique) < 2:
-            single += 1  # fewer than 2 distinct non-empty samples: nothing to rank
-            continue
-        kept_prompts.append(prompt)
-        kept_responses.append([" " + u for u in unique])
-    if len(kept_prompts) < 4:
-        raise ValueError(f"Only {len(kept_prompts)} rm prompts had >= 2 distinct samples.")
-    totals = evaluation.gold_totals(kept_prompts, kept_responses)  # scored once, used thrice
-    gaps = evaluation.pair_gaps(totals)
-    try:
-        temperature, reachable = labeler.calibrate_temperature(gaps, config.rank.agreement), True
-    except ValueError as e:  # too many tied pairs (e.g. a weak SFT model): least noisy labeler
-        logging.warning("%s Using the lowest temperature, 1e-3.", e)
-        temperature, reachable = 1e-3, False
-    records = [
-        evaluation.rank_responses(p, r, temperature, rng, totals=t)
-        for p, r, t in zip(kept_prompts, kept_responses, totals, strict=True)
-    ]
-    n_heldout = max(2, int(round(config.rank.heldout_fraction * len(records))))
-    heldout_totals = totals[-n_heldout:]
-    agreement = labeler.measured_agreement(heldout_totals, temperature, rng)
-    gold_accuracy = _gold_order_accuracy(records[-n_heldout:], heldout_totals)
-    if common.is_chief():
-        for name, rows in (("train", records[:-n_heldout]), ("heldout", records[-n_heldout:])):
-            with open(os.path.join(out, f"{name}.jsonl"), "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-    sizes = [len(r) for r in kept_responses]
-    return {
-        "prompts": len(prompts),
-        "ranked_prompts": len(records),
-        "prompts_with_under_2_distinct_samples": single,
-        "heldout_prompts": n_heldout,
-        "mean_k": float(np.mean(sizes)),
-        "pairs": int(sum(k * (k - 1) // 2 for k in sizes)),
-        "labeler_temperature": temperature,
-        "agreement_target": config.rank.agreement,
-        "agreement_target_reachable": reachable,
-        "expected_labeler_agreement": labeler.expected_agreement(gaps, temperature),
-        "heldout_labeler_agreement": agreement,
-        "heldout_gold_order_accuracy": gold_accuracy,
-    }
-
-
-def _gold_agreement(winner_gold: float, loser_gold: float) -> float:
-    """1 when the gold score orders a labelled pair as the labeler did, 0.5 on a tie, else 0."""
-    return 1.0 if winner_gold > loser_gold else 0.5 if winner_gold == loser_gold else 0.0
-
-
-def _gold_order_accuracy(records: list[dict], totals: list[list[float]]) -> float:
-    """Share of labelled pairs whose order the gold score agrees with (ties count half)."""
-    hits = pairs = 0.0
-    for record, row in zip(records, totals, strict=True):
-        rank = record["ranking"]
-        for i in range(len(rank)):
-            for j in range(len(rank)):
-                if rank[i] < rank[j]:  # the labeler put i above j
-                    pairs += 1
-                    hits += _gold_agreement(row[i], row[j])
-    return hits / max(pairs, 1.0)
-
-
-def _reward_scorer(config, workdir: str, max_responses: int):
-    """`scores(prompt, responses) -> float [len(responses)]`: the run's reward model on up to
-    `max_responses` responses of one prompt, one response per row (the same scores as the
-    shared-prompt rows it may have trained on, `TokenizeComparisonSharedPrompt`)."""
-    data = reward_config(config, workdir).data
-    _, model_config, params = export.load_model(os.path.join(workdir, "rm", "model"))
-    tokenizer = Tokenizer.from_pretrained(os.path.join(workdir, "sft_small", "model"))
-    spec = dataclasses.replace(common.sequence_spec(data), max_responses=max_responses)
-    transform = pipeline.TokenizeComparison(tokenizer, spec)
-    model = ScalarModel(model_config)
-    score = jax.jit(lambda p, t, m: steps.reward_scores(model, p, t, m))
-    no_pairs = np.zeros((0, 2), np.int64)
-
-    def scores(prompt: str, responses: list[str]) -> np.ndarray:
-        element = transform.map({"prompt": prompt, "responses": responses, "pairs": no_pairs})
-        out = score(params, element["tokens_kt"][None], element["mask_kt"][None])
-        return np.asarray(out)[0, : len(responses)]
-
-    return scores
-
-
-def stage_rm_families(config, workdir: str, out: str) -> dict:
-    """The reward model's held-out accuracy per task family, beside the gold ordering's (how
-    often the gold score agrees with the labeler on those pairs; ties count half)."""
-    del out
-    data = reward_config(config, workdir).data
-    source = common.open_split(data, data.eval_split)
-    reward_scores = _reward_scorer(config, workdir, config.rank.k_max)
-    counts: dict[str, list[float]] = {}
-    for i in range(len(source)):
-        record = source[i]
-        prompt = pipeline.as_text(record["prompt"])
-        responses = [pipeline.as_text(r) for r in record["responses"]]
-        rm_scores = reward_scores(prompt, responses)
-        gold = [labeler.gold_score(prompt, r) for r in responses]
-        family = tasks_lib.parse_task(prompt).family
-        row = counts.setdefault(family, [0.0, 0.0, 0.0])
-        for winner, loser in np.asarray(record["pairs"]).reshape(-1, 2):
-            row[0] += float(rm_scores[winner] > rm_scores[loser])
-            row[1] += _gold_agreement(gold[winner], gold[loser])
-            row[2] += 1.0
-    return {
-        "by_family": {
-            f: {"rm_accuracy": r / n, "gold_order_accuracy": g / n, "pairs": int(n)}
-            for f, (r, g, n) in sorted(counts.items())
-        }
-    }
-
-
-def stage_best_of_n(config, workdir: str, out: str) -> dict:
-    """How much any reward could gain by choosing among the small SFT model's own samples.
-
-    N samples per held-out prompt at `best_of_n.temperature`; against the SFT model's greedy
-    answer (the report's baseline), the gold win rate of one sample, of the sample the reward
-    model scores highest, and of the sample the gold labeler scores highest (the headroom that
-    reranking N samples offers a perfect reward). Also the RM's accuracy on the sample pairs whose
-    gold totals differ, against the gold order itself (no labeler noise).
-    """
-    del out
-    n, temperature = config.best_of_n.n, config.best_of_n.temperature
-    prompts = [r["prompt"] for r in _records(config, workdir, "prompts", "test")]
-    sft_dir = os.path.join(workdir, "sft_small", "model")
-    answers = {}
-    for name, temp, asked, seed in (
-        ("greedy", config.eval.temperature, prompts, config.seed + 1),
-        ("samples", temperature, [p for p in prompts for _ in range(n)], config.seed + 2),
-    ):
-        sampler, params, tokenizer, _ = _sampler_for(sft_dir, temp, config.max_new_tokens)
-        answers[name] = _generate(
-            config, sampler, params, tokenizer, asked, seed, f"best_of_n: {name}"
-        )
-    baseline = evaluation.judge(prompts, answers["greedy"])
-    flat = evaluation.judge([p for p in prompts for _ in range(n)], answers["samples"])
-    judged = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
-    gold = np.asarray([[s.total for s in row] for row in judged])
-    reward_scores = _reward_scorer(config, workdir, n)
-    rm = np.stack(
-        [
-            reward_scores(p, [" " + t.strip() for t in answers["samples"][i * n : (i + 1) * n]])
-            for i, p in enumerate(prompts)
-        ]
-    )
-    hits = pairs = 0
-    for g_row, r_row in zip(gold, rm, strict=True):
-        for a, b in itertools.combinations(range(n), 2):
-            if not np.isclose(g_row[a], g_row[b]):
-                pairs += 1
-                hits += (r_row[a] > r_row[b]) == (g_row[a] > g_row[b])
-
-    def pick(choice: np.ndarray) -> dict:
-        chosen = [row[int(c)] for row, c in zip(judged, choice, strict=True)]
-        return evaluation.win_rate(chosen, baseline, seed=config.seed)
-
-    return {
-        "n": n,
-        "temperature": temperature,
-        "prompts": len(prompts),
-        "win_rate_vs_sft_greedy": {
-            "one_sample": pick(np.zeros(len(prompts), int)),
-            "rm_best": pick(rm.argmax(axis=1)),
-            "gold_best": pick(gold.argmax(axis=1)),
-        },
-        "rm_accuracy_on_gold_ordered_sample_pairs": hits / max(pairs, 1),
-        "gold_ordered_sample_pairs": pairs,
-    }
-
-
-def few_shot_prompt(prompt: str, rng: np.random.Generator) -> str:
-    """`prompt` with two solved tasks of its family in front (unchanged if already few-shot)."""
-    if prompt.count(tasks_lib.ANSWER_CUE) > 1:
-        return prompt
-    family = tasks_lib.parse_task(prompt).family
-    shots = [tasks_lib.make_task(family, rng) for _ in range(2)]
-    return "".join(f"{s.instruction}{tasks_lib.ANSWER_CUE} {s.answer}\n\n" for s in shots) + prompt
-
-
-def _pretrain_nll(config, workdir: str, model_config, params, tokenizer) -> float:
-    """Mean NLL (nats/token, every token) of the pretraining validation split under a model."""
-    data = world_data(config, workdir, "pretrain", "validation", "validation")
-    batches = common.eval_batches(
-        common.open_split(data, "validation"),
-        pipeline.TokenizeDemonstration(tokenizer, common.sequence_spec(data), loss_on_prompt=True),
-        config.eval.batch_size,
-        config.seed,
-    )
-    eval_step = jax.jit(steps.make_eval_step(steps.sft_forward(CausalLM(model_config))))
-    totals = None
-    for batch in batches:
-        batch = {k: v for k, v in batch.items() if k.endswith("_bt")}
-        totals = sum_metrics(totals, eval_step(params, batch))
-    return means(totals)["nll"]
-
-
-def evaluated_models(config, workdir: str) -> list[tuple[str, str, bool]]:
-    """(name, model folder, few-shot prompts) of every model the report compares: this run's,
-    then `config.eval.extra_models` ("name=model_dir,..."), which are answered zero-shot."""
-    models = []
-    for size in config.sizes:
-        models += [
-            (f"base_{size}_zero_shot", f"pretrain_{size}", False),
-            (f"base_{size}_few_shot", f"pretrain_{size}", True),
-            (f"sft_{size}", f"sft_{size}", False),
-        ]
-    models += [("ppo_small", "ppo", False), ("ppo_ptx_small", "ppo_ptx", False)]
-    models = [(name, os.path.join(workdir, stage, "model"), shot) for name, stage, shot in models]
-    return models + [(name, path, False) for name, path in extra_models(config, models)]
-
-
-def extra_models(config, own: list[tuple[str, str, bool]] = ()) -> list[tuple[str, str]]:
-    """(name, model_dir) of `config.eval.extra_models`, checked: each "name=model_dir" item has
-    a free name (not one of `own`'s) and a folder holding a model."""
-    taken, out = {name for name, _, _ in own}, []
-    for item in filter(None, (x.strip() for x in config.eval.get("extra_models", "").split(","))):
-        name, sep, model_dir = (part.strip() for part in item.partition("="))
-        if not sep or not name or not model_dir:
-            raise ValueError(f"eval.extra_models: expected 'name=model_dir', got {item!r}.")
-        if name in taken:
-            raise ValueError(f"eval.extra_models: the name {name!r} is taken; choose another.")
-        if not os.path.isfile(os.path.join(model_dir, "config.json")):
-            raise FileNotFoundError(
-                f"eval.extra_models: {name}={model_dir} holds no model (no config.json)."
-            )
-        taken.add(name)
-        out.append((name, os.path.abspath(model_dir)))
-    return out
-
-
-def stage_evaluate(config, workdir: str, out: str) -> dict:
-    """Every model answers the held-out prompts (same decoding); the gold labeler judges."""
-    prompts = [r["prompt"] for r in _records(config, workdir, "prompts", "test")]
-    responses, scores, nlls = {}, {}, {}
-    for name, model_dir, few_shot in evaluated_models(config, workdir):
-        shot_rng = np.random.default_rng([config.seed, 11])
-        asked = [few_shot_prompt(p, shot_rng) for p in prompts] if few_shot else prompts
-        sampler, params, tokenizer, model_config = _sampler_for(
-            model_dir, config.eval.temperature, config.max_new_tokens
-        )
-        if not few_shot:  # the few-shot rows reuse their zero-shot model
-            nlls[name] = _pretrain_nll(config, workdir, model_config, params, tokenizer)
-        responses[name] = _generate(
-            config, sampler, params, tokenizer, asked, config.seed + 1, f"evaluate: {name}"
-        )
-        scores[name] = evaluation.judge(prompts, responses[name])
-    baseline = scores["sft_small"]
-    metrics = {
-        name: evaluation.model_metrics(s, baseline, seed=config.seed) for name, s in scores.items()
-    }
-    for name, nll in nlls.items():
-        metrics[name]["pretrain_nll"] = nll
-    if common.is_chief():
-        with open(os.path.join(out, "responses.jsonl"), "w") as f:
-            for i, prompt in enumerate(prompts):
-                row = {"prompt": prompt}
-                for name in responses:
-                    row[name] = {"response": responses[name][i], "gold": scores[name][i].total}
-                f.write(json.dumps(row) + "\n")
-    summary = {"prompts": len(prompts), "baseline": "sft_small", "models": metrics}
-    if extra := extra_models(config):
-        summary["extra_models"] = dict(extra)
-    return summary
-
-
-# ---------------------------------------------------------------------------------------------
-# The driver
-# ---------------------------------------------------------------------------------------------
-
-
-def stages(config, workdir: str) -> list[tuple[str, object]]:
-    """(name, `fn(out_dir) -> summary`) in order."""
     items = [("world", lambda out: stage_world(config, workdir, out))]
     for size in config.sizes:
-        items.append(
-            (
-                f"pretrain_{size}",
-                lambda out, s=size: sft_experiment.run(pretrain_config(config, workdir, s), out),
-            )
-        )
+        items.append((f"pretrain_{size}", trainer(sft.train_and_evaluate, pretrain_config, size)))
     for size in config.sizes:
-        items.append(
-            (
-                f"sft_{size}",
-                lambda out, s=size: sft_experiment.run(sft_config(config, workdir, s), out),
-            )
-        )
+        items.append((f"sft_{size}", trainer(sft.train_and_evaluate, sft_config, size)))
     items += [
         ("rank", lambda out: stage_rank(config, workdir, out)),
-        ("rm", lambda out: reward_experiment.run(reward_config(config, workdir), out)),
+        ("rm", trainer(reward.train_and_evaluate, reward_config)),
         ("rm_families", lambda out: stage_rm_families(config, workdir, out)),
         ("best_of_n", lambda out: stage_best_of_n(config, workdir, out)),
-        ("ppo", lambda out: ppo_experiment.run(ppo_config(config, workdir, False), out)),
-        ("ppo_ptx", lambda out: ppo_experiment.run(ppo_config(config, workdir, True), out)),
+        ("ppo", trainer(ppo.train_and_evaluate, ppo_config, False)),
+        ("ppo_ptx", trainer(ppo.train_and_evaluate, ppo_config, True)),
         ("evaluate", lambda out: stage_evaluate(config, workdir, out)),
     ]
     return items
@@ -626,6 +123,45 @@ def _compile_clock() -> _CompileClock:
     return _CompileClock()
 
 
+def _check(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Settings that would fail late fail now, before any stage runs."""
+    evaluated_models(config, workdir)  # a bad eval.extra_models
+    corpus.WorldConfig(**presets.world_settings(config))  # a world rate outside [0, 1]
+
+
+def _run_stage(
+    config: ml_collections.ConfigDict, workdir: str, name: str, fn: Callable[[str], dict]
+) -> dict:
+    """Stage `name`'s summary: read from its folder when it finished earlier, else from running
+    `fn(out_dir)`, timed, with the seconds spent compiling, and saved as its summary.json."""
+    out = os.path.join(workdir, name)
+    path = os.path.join(out, "summary.json")
+    finished = _read_summary(name, path)
+    if finished is not None:
+        outdated = _outdated(name, finished, config)
+        if not finished.get("preempted") and not outdated:
+            print(f"[instructgpt] {name}: finished earlier, skipped.", flush=True)
+            return finished
+        if outdated:
+            print(f"[instructgpt] {name}: finished earlier, but {outdated}.", flush=True)
+    os.makedirs(out, exist_ok=True)
+    print(f"[instructgpt] {name} ...", flush=True)
+    start, compiled = time.perf_counter(), _compile_clock().seconds
+    summary = dict(fn(out))
+    if summary.get("preempted"):
+        raise SystemExit(f"[instructgpt] {name} was stopped; rerun the command to resume.")
+    summary["wall_s"] = time.perf_counter() - start
+    summary["compile_s"] = _compile_clock().seconds - compiled
+    if setup.is_chief():
+        setup.write_json_atomically(path, summary)
+    print(
+        f"[instructgpt] {name}: {summary['wall_s']:.1f} s "
+        f"(XLA compiling: {summary['compile_s']:.1f} s)",
+        flush=True,
+    )
+    return summary
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, until: str | None = None) -> dict:
     """Runs (or finishes) every stage and writes the report; returns the report's metrics.
 
@@ -638,56 +174,99 @@ def run(config: ml_collections.ConfigDict, workdir: str, until: str | None = Non
     names = [name for name, _ in all_stages]
     if until is not None and until not in names:
         raise ValueError(f"Unknown stage until={until!r}; the stages are {names}.")
-    evaluated_models(config, workdir)  # a bad eval.extra_models fails now, not after the stages
-    corpus.WorldConfig(**presets.world_settings(config))  # so does a world rate outside [0, 1]
+    _check(config, workdir)
     os.makedirs(workdir, exist_ok=True)
-    common.write_config(config, workdir)
-    summaries, seconds = {}, {}
+    setup.write_config(config, workdir)
+    summaries = {}
     for name, fn in all_stages[: names.index(until) + 1 if until else len(all_stages)]:
-        out = os.path.join(workdir, name)
-        path = os.path.join(out, "summary.json")
-        finished = _read_summary(name, path)
-        if finished is not None:
-            outdated = _outdated(name, finished, config)
-            if not finished.get("preempted") and not outdated:
-                summaries[name], seconds[name] = finished, finished.get("wall_s")
-                print(f"[instructgpt] {name}: finished earlier, skipped.", flush=True)
-                continue
-            if outdated:
-                print(f"[instructgpt] {name}: finished earlier, but {outdated}.", flush=True)
-        os.makedirs(out, exist_ok=True)
-        print(f"[instructgpt] {name} ...", flush=True)
-        start, compiled = time.perf_counter(), _compile_clock().seconds
-        summary = dict(fn(out))
-        if summary.get("preempted"):
-            raise SystemExit(f"[instructgpt] {name} was stopped; rerun the command to resume.")
-        summary["wall_s"] = seconds[name] = time.perf_counter() - start
-        summary["compile_s"] = _compile_clock().seconds - compiled
-        summaries[name] = summary
-        if common.is_chief():
-            common.write_json_atomically(path, summary)
-        print(
-            f"[instructgpt] {name}: {seconds[name]:.1f} s "
-            f"(XLA compiling: {summary['compile_s']:.1f} s)",
-            flush=True,
-        )
+        summaries[name] = _run_stage(config, workdir, name, fn)
     if until is not None:
         return summaries
-    report = instructgpt_report.write_report(config, workdir, summaries, seconds)
-    print(json.dumps(report["headline"]), flush=True)
-    return report
+    return _report(config, workdir, summaries)
 
 
-def main(argv):
-    del argv
-    common.setup_process()
-    if common.CONFIG.value is not None and common.PRESET.value:
-        raise app.UsageError("Give --preset or --config, not both.")
-    config = common.CONFIG.value or presets.get_config(common.PRESET.value or "default")
-    logging.set_verbosity(logging.WARNING)
-    run(config, common.WORKDIR.value, until=_UNTIL.value)
+def _report(config: ml_collections.ConfigDict, workdir: str, summaries: dict) -> dict:
+    seconds = {name: summary.get("wall_s") for name, summary in summaries.items()}
+    metrics = report.write_report(config, workdir, summaries, seconds)
+    print(json.dumps(metrics["headline"]), flush=True)
+    return metrics
 
 
-if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+# ---------------------------------------------------------------------------------------------
+# The stages one group at a time (a notebook's view of the same job)
+# ---------------------------------------------------------------------------------------------
+
+
+def run_stages(config: ml_collections.ConfigDict, workdir: str, names: list[str]) -> dict:
+    """{name: summary} of the stages `names`, run (or read where they finished earlier) in the
+    job's order. Every stage before them must have finished: a ValueError names the first that
+    has not."""
+    workdir = os.path.abspath(workdir)
+    all_stages = stages(config, workdir)
+    order = [name for name, _ in all_stages]
+    if unknown := [name for name in names if name not in order]:
+        raise ValueError(f"Unknown stages {unknown}; the stages are {order}.")
+    first = min(order.index(name) for name in names)
+    for name in order[:first]:
+        if _read_summary(name, os.path.join(workdir, name, "summary.json")) is None:
+            raise ValueError(f"Stage {name!r} has not finished in {workdir}: run it first.")
+    _check(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    setup.write_config(config, workdir)
+    return {name: _run_stage(config, workdir, name, fn) for name, fn in all_stages if name in names}
+
+
+def build_world(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The world's datasets and tokenizer: the `world` stage's summary."""
+    return run_stages(config, workdir, ["world"])["world"]
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """{size: summary} of the base models pretrained on the world's corpus."""
+    out = run_stages(config, workdir, [f"pretrain_{size}" for size in config.sizes])
+    return {size: out[f"pretrain_{size}"] for size in config.sizes}
+
+
+def train_sft(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """{size: summary} of the SFT models fine-tuned from each base model."""
+    out = run_stages(config, workdir, [f"sft_{size}" for size in config.sizes])
+    return {size: out[f"sft_{size}"] for size in config.sizes}
+
+
+def sample_and_rank(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The `rank` stage: K samples per prompt ranked by a noisy labeler (workdir/rank/*.jsonl)."""
+    return run_stages(config, workdir, ["rank"])["rank"]
+
+
+def train_reward_models(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """{"rm": the reward model's summary, "rm_families": its accuracy per task family}."""
+    return run_stages(config, workdir, ["rm", "rm_families"])
+
+
+def best_of_n(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The `best_of_n` stage: what reranking N samples with the RM or the gold labeler gains."""
+    return run_stages(config, workdir, ["best_of_n"])["best_of_n"]
+
+
+def train_policies(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """{"ppo": summary, "ppo_ptx": summary} of the two policies trained against the RM."""
+    return run_stages(config, workdir, ["ppo", "ppo_ptx"])
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The `evaluate` stage: every model answers the held-out prompts; the gold labeler judges."""
+    return run_stages(config, workdir, ["evaluate"])["evaluate"]
+
+
+def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """report.md, metrics.json and the plots from every stage's saved summary; returns the
+    metrics (the same as `run`'s once every stage has finished)."""
+    workdir = os.path.abspath(workdir)
+    names = [name for name, _ in stages(config, workdir)]
+    summaries = {}
+    for name in names:
+        summary = _read_summary(name, os.path.join(workdir, name, "summary.json"))
+        if summary is None or summary.get("preempted"):
+            raise ValueError(f"Stage {name!r} has not finished in {workdir}: run it first.")
+        summaries[name] = summary
+    return _report(config, workdir, summaries)

@@ -1,4 +1,5 @@
-r"""Presets of the end-to-end InstructGPT job on the synthetic instruction world.
+r"""Presets of the end-to-end InstructGPT job on the synthetic instruction world:
+`get_config("default")` and `get_config("smoke")`.
 
   python -m experiments.instructgpt --workdir=/tmp/igpt                  # default preset
   python -m experiments.instructgpt --workdir=/tmp/igpt_smoke --preset=smoke

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from experiments.configs import instructgpt as presets
+from rlhf_jax.recipes.instructgpt import presets
 from rlhf_jax.training.metrics_writer import read_metrics
 
 NICE = {
@@ -480,32 +480,29 @@ def plot_compare(runs: dict[str, dict], path: str) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m experiments.instructgpt_report metrics.json` prints a run's summary table;
-    `... --compare=OUT.png LABEL=metrics.json LABEL=metrics.json ...` prints the runs' win rates
-    side by side and plots them to OUT.png."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("metrics", nargs="*", default=["metrics.json"])
-    parser.add_argument("--compare", metavar="OUT.png", help="compare LABEL=metrics.json runs")
-    args = parser.parse_args(argv)
-    if not args.compare:
-        with open(args.metrics[0]) as f:
-            print(summary_table(json.load(f)))
-        return
-    runs = {}
-    for item in args.metrics:
-        label, sep, path = item.partition("=")
-        if not sep or not label or not path:
-            parser.error(f"--compare takes LABEL=path/to/metrics.json arguments, got {item!r}")
-        with open(path) as f:
-            runs[label] = json.load(f)
-    if len(runs) < 2:
-        parser.error("--compare needs at least two runs")
-    print(compare_table(runs))
-    plot_compare(runs, args.compare)
+# Figures a rerun of the same job need not repeat: wall times, compile times, throughputs.
+TIMING_SUFFIXES = ("wall_s", "compile_s", "tokens_per_s")
 
 
-if __name__ == "__main__":
-    main()
+def without_timings(tree):
+    """`tree` (a run's metrics.json) without its entries whose keys end in `TIMING_SUFFIXES`."""
+    if isinstance(tree, dict):
+        return {k: without_timings(v) for k, v in tree.items() if not k.endswith(TIMING_SUFFIXES)}
+    return tree
+
+
+def differences(run: dict, reference: dict, path: str = "metrics") -> list[str]:
+    """One line for each entry where two runs' metrics differ, timings aside (`without_timings`):
+    a value that differs, or a key that only one of them has. Empty when they are equal."""
+    run, reference = without_timings(run), without_timings(reference)
+    if not (isinstance(run, dict) and isinstance(reference, dict)):
+        return [] if run == reference else [f"{path}: {run!r} != {reference!r}"]
+    lines = []
+    for key in sorted(set(run) | set(reference), key=str):
+        if key not in run or key not in reference:
+            lines.append(
+                f"{path}.{key}: only in {'the reference' if key in reference else 'the run'}"
+            )
+        else:
+            lines += differences(run[key], reference[key], f"{path}.{key}")
+    return lines
