@@ -23,6 +23,7 @@ RUNTIME = [
     "ml_dtypes>=0.6",
     "matplotlib>=3.10",
     "filelock>=3.12",  # JAX's compilation cache locks its folder to keep it under its size limit
+    "gguf>=0.19",  # GGUF checkpoints (llama.cpp's format): reader and dequantization, no torch
 ]
 
 DEV = [
@@ -36,6 +37,8 @@ DEV = [
     # the CPU build that is available offline on these machines; a looser pin pulls a multi-GB CUDA
     # wheel.
     "torch==2.13.0",
+    # transformers' own GGUF loading, the reference for rlhf_jax.models.gguf (tests only).
+    "accelerate>=1.0",
 ]
 
 setuptools.setup(
