@@ -39,6 +39,8 @@ DEV = [
     "torch==2.13.0",
     # transformers' own GGUF loading, the reference for rlhf_jax.models.gguf (tests only).
     "accelerate>=1.0",
+    # PEFT loads rlhf_jax's LoRA export (tests only).
+    "peft>=0.17",
 ]
 
 setuptools.setup(

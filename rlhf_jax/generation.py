@@ -298,9 +298,8 @@ def generate_texts(
     """
     order = list(range(len(prompts)))
     if sort_by_length:
-        prefix = len(tokenizer.prefix_ids)
         # Each distinct prompt tokenized once (the rank stage repeats each prompt K times).
-        known = {p: prefix + len(tokenizer.encode(p)) for p in dict.fromkeys(prompts)}
+        known = {p: len(tokenizer.prompt_ids(p)[0]) for p in dict.fromkeys(prompts)}
         lengths = [known[p] for p in prompts]
         order.sort(key=lengths.__getitem__)
     texts: list[str] = [""] * len(prompts)

@@ -56,6 +56,12 @@ class _NumberTokenizer:
     def encode(self, text):
         return [int(word) for word in text.split()]
 
+    def prompt_ids(self, text, max_len=None):  # `Tokenizer.prompt_ids` without a chat template
+        ids = list(self.prefix_ids) + self.encode(text)
+        if max_len is None or len(ids) <= max_len:
+            return ids, False
+        return list(self.prefix_ids) + ids[len(ids) - max_len + len(self.prefix_ids) :], True
+
 
 def rm_packed_batches(count=3, rows=8, row_len=2 * T):
     """`count` batches of `rows` rows, each packing whole comparisons (`TokenizeComparisonRow`)."""

@@ -42,7 +42,8 @@ def get_config(variant: str = "sft") -> ml_collections.ConfigDict:
         c.data.update(name="anthropic_hh/helpful-base", train_split="train", eval_split="test")
         c.reward.reference_split = "train"
     c.data.update(manual_dir="", max_len=2048, max_prompt_len=1536, overlong="truncate")
-    c.tokenizer.update(path=MODEL, eos_token="<|end_of_text|>")
+    # The base model: prompts as plain text (its tokenizer also ships a chat template).
+    c.tokenizer.update(path=MODEL, eos_token="<|end_of_text|>", chat_template="off")
     c.model.update(
         init="pretrained",
         name_or_path=MODEL,

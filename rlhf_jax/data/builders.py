@@ -7,7 +7,8 @@ At run time they are read with `tfds.data_source` (random access, no TensorFlow)
   helpful-online, helpful-rejection-sampled; splits train/test. Downloaded from the canonical
   GitHub location, or read from `manual_dir/<subset>/<split>.jsonl.gz` when present there (then
   only the splits found are built).
-- `alpaca/alpaca`, `alpaca/self_instruct_seed`: demonstrations through Alpaca's prompt template.
+- `alpaca/alpaca`, `alpaca/self_instruct_seed`: demonstrations through Alpaca's prompt template;
+  `alpaca/alpaca_1k_chat`: the shared 1,000-record sample with prompts as chat messages.
 - `qa_feedback/comparisons`, `qa_feedback/gold`: FineGrainedRLHF qa-feedback, K = 4 with all six
   pairs labelled (ties skipped), or its human gold answers as demonstrations.
 - `jsonl`: the user's own files, `Jsonl(config=JsonlConfig(name=..., kind=..., files={...}))`.
@@ -189,6 +190,15 @@ class Alpaca(_RecordsBuilder):
             kind=DEMONSTRATIONS,
         ),
         FileConfig(
+            # The 1,000-record sample in ../shared/data/alpaca-data-1k, prompts as chat messages
+            # (instruction, then its input) for models with a chat template.
+            name="alpaca_1k_chat",
+            file_name="alpaca_data_1k.json",
+            url="",
+            parser="alpaca_chat",
+            kind=DEMONSTRATIONS,
+        ),
+        FileConfig(
             name="self_instruct_seed",
             file_name="seed_tasks.jsonl",
             url=ALPACA_URL + "seed_tasks.jsonl",
@@ -197,12 +207,15 @@ class Alpaca(_RecordsBuilder):
         ),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Optional: put alpaca_data.json / seed_tasks.jsonl in manual_dir."
+        "Optional: put alpaca_data.json / seed_tasks.jsonl in manual_dir; alpaca_1k_chat needs "
+        "alpaca_data_1k.json there (../shared/data/alpaca-data-1k)."
     )
 
     def _split_generators(self, dl_manager):
         return {
-            "train": self._generate_examples([_file(self.builder_config, dl_manager)], "alpaca")
+            "train": self._generate_examples(
+                [_file(self.builder_config, dl_manager)], self.builder_config.parser
+            )
         }
 
 
@@ -311,6 +324,11 @@ def _file(config: FileConfig, dl_manager, *, required: bool = True) -> str | Non
             return path
         if not required:
             return None
+    if not config.url:
+        raise FileNotFoundError(
+            f"{config.file_name} is read from a local copy only: put it in manual_dir "
+            f"(now {manual})."
+        )
     return os.fspath(dl_manager.download(config.url))
 
 

@@ -96,13 +96,9 @@ def encode_pair(
 
 
 def _prompt_ids(tokenizer: Tokenizer, spec: SequenceSpec, prompt: str) -> tuple[list[int], bool]:
-    """(prefix + prompt ids, whether cut): an over-long prompt keeps the prefix and its last
-    tokens (rule 1)."""
-    prefix = list(tokenizer.prefix_ids)
-    prompt_ids = prefix + tokenizer.encode(prompt)
-    if len(prompt_ids) <= spec.max_prompt_len:
-        return prompt_ids, False
-    return prefix + prompt_ids[len(prompt_ids) - spec.max_prompt_len + len(prefix) :], True
+    """(the prompt's ids as the model reads it, whether cut): an over-long prompt keeps the
+    prefix, or the chat template's turns, and its last tokens (rule 1; `Tokenizer.prompt_ids`)."""
+    return tokenizer.prompt_ids(prompt, spec.max_prompt_len)
 
 
 def _response_ids(

@@ -203,9 +203,23 @@ def alpaca_prompt(instruction: str, input_text: str = "") -> str:
     return ALPACA_TEMPLATE_NO_INPUT.format(instruction=instruction)
 
 
-def parse_alpaca(raw: dict) -> list[Record]:
+def chat_prompt(instruction: str, input_text: str = "") -> str:
+    """An instruction and its input as one user message, for a model with a chat template (the
+    template supplies the turns Alpaca's prompt template writes out)."""
+    return f"{instruction}\n\n{input_text}" if input_text.strip() else instruction
+
+
+def parse_alpaca_chat(raw: dict) -> list[Record]:
+    """`parse_alpaca` with the prompt as a chat message (`chat_prompt`) instead of Alpaca's
+    prompt template."""
+    return parse_alpaca(raw, template=chat_prompt)
+
+
+def parse_alpaca(raw: dict, template: Callable[[str, str], str] | None = None) -> list[Record]:
     """Alpaca `{instruction, input, output}` or Self-Instruct seed `{instruction, instances:
-    [{input, output}, ...]}` -> demonstrations (one per instance)."""
+    [{input, output}, ...]}` -> demonstrations (one per instance), prompts through `template`
+    (default Alpaca's, `alpaca_prompt`)."""
+    template = template or alpaca_prompt
     instruction = _text_field(raw, "instruction")
     if "instances" in raw:
         instances = raw["instances"]
@@ -219,7 +233,7 @@ def parse_alpaca(raw: dict) -> list[Record]:
             raise RecordError("each instance must be an object with 'input' and 'output'")
         input_text = _text_field(instance, "input", allow_empty=True) if "input" in instance else ""
         output = _text_field(instance, "output")
-        records.append({"prompt": alpaca_prompt(instruction, input_text), "response": output})
+        records.append({"prompt": template(instruction, input_text), "response": output})
     return records
 
 
@@ -306,6 +320,7 @@ def parse_qa_feedback_gold(raw: dict) -> list[Record]:
 PARSERS: dict[str, Callable[[dict], list[Record]]] = {
     "hh": parse_hh,
     "alpaca": parse_alpaca,
+    "alpaca_chat": parse_alpaca_chat,
     "demonstration": parse_demonstration,
     "ranking": parse_ranking,
     "qa_feedback": parse_qa_feedback,

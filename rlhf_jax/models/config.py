@@ -31,6 +31,50 @@ class RopeScaling:
     original_max_position_embeddings: int = 8192
 
 
+# transformers/PEFT module names -> this model's (the projections LoRA can adapt).
+LORA_TARGET_ALIASES = {
+    "q_proj": "query",
+    "k_proj": "key",
+    "v_proj": "value",
+    "o_proj": "out",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters on linear projections: W x + scale * B A x, B zero at init.
+
+    rank: r, the adapters' inner width.
+    alpha: scale = alpha / r (or alpha / sqrt(r) with `rslora`, rank-stabilised LoRA).
+    dropout: dropout on the adapters' input while training.
+    targets: projections to adapt, by this model's names (query, key, value, out, gate, up,
+      down) or transformers' (q_proj, ..., down_proj).
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("query", "key", "value", "out", "gate", "up", "down")
+    rslora: bool = False
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}.")
+        if not self.targets:
+            raise ValueError("LoRA needs at least one target module.")
+        names = tuple(dict.fromkeys(LORA_TARGET_ALIASES.get(t, t) for t in self.targets))
+        object.__setattr__(self, "targets", names)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (self.rank**0.5 if self.rslora else self.rank)
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """Hyperparameters of a decoder-only transformer.
@@ -70,6 +114,7 @@ class TransformerConfig:
     param_dtype: str = "float32"  # storage dtype of parameters
     attention_impl: Literal["xla", "cudnn"] | None = None  # jax.nn.dot_product_attention backend
     remat: bool = False  # recompute each block's activations in the backward pass (saves memory)
+    lora: LoRAConfig | None = None  # low-rank adapters (their own "lora" variable collection)
 
     def __post_init__(self):
         if self.num_kv_heads is None:
@@ -90,6 +135,14 @@ class TransformerConfig:
             raise ValueError(f"RoPE needs an even number of rotated dims, got {self.rotary_dim}.")
         if self.norm == "rmsnorm" and self.norm_bias:
             object.__setattr__(self, "norm_bias", False)
+        if self.lora is not None:
+            modules = ("query", "key", "value", "out", "up", "down") + ("gate",) * self.gated_mlp
+            unknown = [t for t in self.lora.targets if t not in modules]
+            if unknown:
+                raise ValueError(
+                    f"LoRA targets {unknown} match no module of a {self.family} model; its "
+                    f"projections are {', '.join(modules)}."
+                )
 
     @property
     def rotary_dim(self) -> int:

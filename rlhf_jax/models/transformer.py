@@ -14,6 +14,7 @@ Every parameter carries logical axis names (see `rlhf_jax.sharding`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -150,11 +151,40 @@ class Projection(nn.Module):
         )
         x, kernel = x.astype(cfg.jnp_dtype), kernel.astype(cfg.jnp_dtype)
         y = jnp.tensordot(x, kernel, axes=self.in_ndim)
+        lora = cfg.lora
+        # Adapters exist once initialised; applied without the "lora" collection (a reference
+        # policy), the model is the base model.
+        if lora is not None and self.name in lora.targets:
+            if self.is_initializing() or self.has_variable("lora", "a"):
+                y = y + self._low_rank(x, kernel_shape, lora)
         if self.use_bias:
             bias_names = self.kernel_names[self.in_ndim :]
             bias = self.param("bias", _zeros(bias_names), tuple(self.out_dims), cfg.jnp_param_dtype)
             y = y + bias.astype(cfg.jnp_dtype)
         return y
+
+    def _low_rank(self, x: jax.Array, kernel_shape: tuple[int, ...], lora) -> jax.Array:
+        """scale * (x A) B with A [*in_dims, r] and B [r, *out_dims] in the "lora" collection;
+        A uniform in +-1/sqrt(fan_in) (PEFT's default), B zero, so the model starts as the base.
+        Dropout on x only while training (when a "dropout" rng is given)."""
+        cfg = self.config
+        in_shape = kernel_shape[: self.in_ndim]
+        a_names = (*self.kernel_names[: self.in_ndim], "lora_rank")
+        b_names = ("lora_rank", *self.kernel_names[self.in_ndim :])
+        bound = 1.0 / math.prod(in_shape) ** 0.5
+        a_init = nn.with_logical_partitioning(
+            lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound),
+            a_names,
+        )
+        b_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), b_names)
+        shape_a, shape_b = (*in_shape, lora.rank), (lora.rank, *self.out_dims)
+        dtype = cfg.jnp_param_dtype
+        a = self.variable("lora", "a", lambda: a_init(self.make_rng("params"), shape_a, dtype))
+        b = self.variable("lora", "b", lambda: b_init(None, shape_b, dtype))
+        if lora.dropout:
+            x = nn.Dropout(lora.dropout, deterministic=not self.has_rng("dropout"))(x)
+        x_r = jnp.tensordot(x, a.value.astype(cfg.jnp_dtype), axes=self.in_ndim)
+        return jnp.tensordot(x_r, b.value.astype(cfg.jnp_dtype), axes=1) * lora.scale
 
 
 class Attention(nn.Module):

@@ -43,7 +43,16 @@ def base_config() -> ml_collections.ConfigDict:
             jsonl_files=ml_collections.ConfigDict(),
         )
     )
-    c.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=2048, eos_token=""))
+    c.tokenizer = ml_collections.ConfigDict(
+        dict(
+            path="",  # a tokenizer directory or hub id; empty: trained locally on the data
+            vocab_size=2048,  # tokens, for a tokenizer trained locally
+            eos_token="",  # overrides the tokenizer's EOS token (a string); empty: its own
+            # "auto": prompts through the tokenizer's chat template when it has one (the user's
+            # message, the assistant's turn opened); "on": require one; "off": plain text.
+            chat_template="auto",
+        )
+    )
     c.model = ml_collections.ConfigDict(
         dict(
             init="scratch",
@@ -59,6 +68,19 @@ def base_config() -> ml_collections.ConfigDict:
             dtype="float32",  # activations; "bfloat16" on TPU/GPU
             param_dtype="float32",
             remat=False,  # recompute block activations in the backward pass
+            # Low-rank adapters (SFT on a pretrained model): rank 0 trains every weight; > 0
+            # trains only adapters of this rank on the `targets` projections (comma-separated,
+            # transformers' names or ours), scaled by alpha / rank (alpha / sqrt(rank) with
+            # rslora), with dropout on their input.
+            lora=ml_collections.ConfigDict(
+                dict(
+                    rank=0,
+                    alpha=16.0,
+                    dropout=0.0,
+                    targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                    rslora=False,
+                )
+            ),
         )
     )
     c.optim = ml_collections.ConfigDict(
@@ -74,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
             checkpoint_every=50,
             keep_checkpoints=2,
             max_nonfinite=0,
+            eval_before=False,  # the SFT trainer: also evaluate before the first step
         )
     )
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -205,12 +205,15 @@ def warn_on_negative_kl(kl_per_response: float, where: str) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains and exports; returns the summary dict."""
+    if setup.lora_config(config.model) is not None:
+        raise ValueError(
+            "model.lora.rank > 0: the PPO trainer trains every weight so far (LoRA is in the "
+            "SFT trainer); set model.lora.rank=0."
+        )
     workdir = os.path.abspath(workdir)
     setup.write_config(config, workdir)
     sft_dir, policy_config, policy_params, reward_config, reward_params = _load_models(config)
-    tokenizer = Tokenizer.from_pretrained(
-        sft_dir, eos_token=config.tokenizer.get("eos_token") or None
-    )
+    tokenizer = Tokenizer.from_pretrained(sft_dir, **setup.tokenizer_options(config))
     if setup.is_chief():
         tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
     prompt_source = setup.open_split(config.data, config.data.train_split)

@@ -79,6 +79,19 @@ class Run:
     writer: MetricWriter
     mesh: Any
     resumed_from: int | None
+    frozen: Any = None  # variables read but not trained (e.g. {"params": base} under LoRA)
+    frozen_shardings: Any = None
+
+    def variables(self, params: Any) -> Any:
+        """What the model reads: the trained `params` with the frozen variables beside them."""
+        return params if self.frozen is None else {**self.frozen, **params}
+
+    @property
+    def variable_shardings(self) -> Any:
+        """Shardings of `variables(params)`."""
+        if self.frozen is None:
+            return self.param_shardings
+        return {**self.frozen_shardings, **self.param_shardings}
 
 
 def prepare_run(
@@ -89,9 +102,14 @@ def prepare_run(
     logical_specs: Any,
     forward: steps.Forward,
     train_dataset,
+    frozen: Any = None,
 ) -> Run:
     """Places params on the mesh, builds the optimizer, jitted step and data iterator, and resumes
-    from the newest checkpoint in workdir/checkpoints when there is one."""
+    from the newest checkpoint in workdir/checkpoints when there is one.
+
+    With `frozen` (variable collections the model reads but does not train, e.g. {"params": base}
+    beside LoRA's {"lora": adapters} in `params`), only `params` are in the train state, the
+    optimizer and the checkpoints; `logical_specs` covers both."""
     mesh = sharding.mesh_from_config(config.mesh)
     batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
     if config.train.batch_size % (batch_ways * config.train.grad_accum):
@@ -99,12 +117,20 @@ def prepare_run(
             f"train.batch_size={config.train.batch_size} must be a multiple of data x fsdp "
             f"({batch_ways}) x grad_accum ({config.train.grad_accum})."
         )
-    param_shardings = sharding.logical_shardings(logical_specs, mesh, shapes=params)
+    trained_specs = {name: logical_specs[name] for name in params}
+    param_shardings = sharding.logical_shardings(trained_specs, mesh, shapes=params)
+    frozen_shardings = None
+    if frozen is not None:
+        frozen_specs = {name: logical_specs[name] for name in frozen}
+        frozen_shardings = sharding.logical_shardings(frozen_specs, mesh, shapes=frozen)
+        frozen = sharding.put_on_mesh(frozen, frozen_shardings)
     tx = make_optimizer(config.optim, config.optim.learning_rate, config.train.num_steps)
     shardings = state_lib.state_shardings(param_shardings, tx, params, mesh)
     state = sharding.put_on_mesh(state_lib.create_state(params, tx, config.seed), shardings)
     step = steps.make_train_step(forward, tx, grad_accum=config.train.grad_accum)
-    train_step = steps.jit_train_step(step, mesh, shardings)
+    train_step = steps.jit_train_step(
+        step, mesh, shardings, frozen=frozen, frozen_shardings=frozen_shardings
+    )
     train_iter = iter(train_dataset.to_iter_dataset())
     state, checkpointer, writer, resumed_from = resume_or_start(
         config, workdir, state, shardings, train_iter
@@ -118,6 +144,8 @@ def prepare_run(
         writer=writer,
         mesh=mesh,
         resumed_from=resumed_from,
+        frozen=frozen,
+        frozen_shardings=frozen_shardings,
     )
 
 

@@ -15,7 +15,7 @@ import ml_collections
 
 from rlhf_jax.data import packing, pipeline, sources
 from rlhf_jax.data.tokenizer import Tokenizer, train_bpe_tokenizer
-from rlhf_jax.models import TransformerConfig
+from rlhf_jax.models import LoRAConfig, TransformerConfig
 from rlhf_jax.training import optim
 from rlhf_jax.world import datasets as world_datasets  # registers instruction_world with TFDS
 
@@ -103,16 +103,24 @@ def record_texts(source, limit: int = 20000) -> list[str]:
     return texts
 
 
+def tokenizer_options(config: ml_collections.ConfigDict) -> dict:
+    """The `Tokenizer` arguments `config.tokenizer` sets (EOS override, chat template use)."""
+    return {
+        "eos_token": config.tokenizer.get("eos_token") or None,
+        "chat_template": config.tokenizer.get("chat_template", "auto"),
+    }
+
+
 def load_tokenizer(config: ml_collections.ConfigDict, workdir: str, corpus: Callable[[], list]):
     """The tokenizer of this run: workdir/tokenizer when resuming, else `config.tokenizer.path`
     (a directory or hub id), else one trained locally on `corpus()` with the `tokenizers` library.
     It is always saved to workdir/tokenizer."""
     saved = os.path.join(workdir, "tokenizer")
-    eos = config.tokenizer.get("eos_token") or None
+    options = tokenizer_options(config)
     if os.path.isdir(saved):
-        tokenizer = Tokenizer.from_pretrained(saved, eos_token=eos)
+        tokenizer = Tokenizer.from_pretrained(saved, **options)
     elif config.tokenizer.get("path"):
-        tokenizer = Tokenizer.from_pretrained(local_or_hub(config.tokenizer.path), eos_token=eos)
+        tokenizer = Tokenizer.from_pretrained(local_or_hub(config.tokenizer.path), **options)
     else:
         tokenizer = train_bpe_tokenizer(corpus(), vocab_size=config.tokenizer.vocab_size)
     if is_chief():
@@ -129,6 +137,20 @@ def model_overrides(model: ml_collections.ConfigDict) -> dict:
         "param_dtype": model.get("param_dtype", "float32"),
         "remat": model.get("remat", False),
     }
+
+
+def lora_config(model: ml_collections.ConfigDict) -> LoRAConfig | None:
+    """The `LoRAConfig` of `model.lora`, or None when its rank is 0 (every weight trained)."""
+    lora = model.get("lora")
+    if lora is None or not lora.rank:
+        return None
+    return LoRAConfig(
+        rank=lora.rank,
+        alpha=lora.alpha,
+        dropout=lora.dropout,
+        targets=tuple(t.strip() for t in lora.targets.split(",") if t.strip()),
+        rslora=lora.rslora,
+    )
 
 
 def scratch_model_config(model: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:

@@ -8,10 +8,16 @@ or from Python, `rlhf_jax.trainers.sft.train_and_evaluate(config, workdir)`. Rer
 workdir with checkpoints resumes from the newest one. `rlhf_jax.trainers.run` says what the workdir
 holds; the final model is a transformers-format directory (workdir/model) that the reward trainer
 and `transformers` load.
+
+With `model.lora.rank` > 0 (a pretrained model), only low-rank adapters are trained: the base
+weights are a frozen argument of the step, the optimizer and checkpoints hold the adapters, and
+the run exports the merged weights (workdir/model) and the adapters in PEFT's format
+(workdir/adapter).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -22,7 +28,7 @@ import numpy as np
 
 from rlhf_jax import losses
 from rlhf_jax.data import packing, pipeline
-from rlhf_jax.models import CausalLM, hf
+from rlhf_jax.models import CausalLM, hf, lora
 from rlhf_jax.trainers import run, setup
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training import steps
@@ -60,6 +66,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_source = setup.open_split(config.data, config.data.eval_split)
     tokenizer = setup.load_tokenizer(config, workdir, lambda: setup.record_texts(train_source))
 
+    if config.model.init == "scratch" and setup.lora_config(config.model) is not None:
+        raise ValueError(
+            "model.lora.rank > 0 adapts a pretrained model: set model.init='pretrained'."
+        )
     if config.model.init == "scratch":
         model_config = setup.scratch_model_config(config.model, tokenizer.vocab_size)
         model = CausalLM(model_config)
@@ -68,11 +78,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         model_config, params = hf.load_pretrained(
             setup.local_or_hub(config.model.name_or_path),
             **setup.model_overrides(config.model),
+            lora=setup.lora_config(config.model),
         )
         model = CausalLM(model_config)
-        _, specs = state_lib.init_variables(model, 8, config.seed)
+        fresh, specs = state_lib.init_variables(model, 8, config.seed)
     else:
         raise ValueError(f"model.init={config.model.init!r}; expected 'scratch' or 'pretrained'.")
+    frozen, lora_summary = None, {}
+    if model_config.lora is not None:
+        # Only the adapters are trained (and held by the optimizer); the base is read.
+        frozen, params = params, {"lora": fresh["lora"]}
+        lora_summary = {
+            "trained_parameters": lora.parameter_count(params),
+            "frozen_parameters": lora.parameter_count(frozen),
+        }
+        print(
+            f"LoRA rank {model_config.lora.rank} on {', '.join(model_config.lora.targets)}: "
+            f"{lora_summary['trained_parameters']:,} trained parameters, "
+            f"{lora_summary['frozen_parameters']:,} frozen.",
+            flush=True,
+        )
     if model_config.vocab_size < tokenizer.vocab_size:
         raise ValueError(
             f"The model's vocabulary ({model_config.vocab_size}) is smaller than the tokenizer's "
@@ -96,15 +121,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logical_specs=specs,
         forward=forward,
         train_dataset=train_dataset,
+        frozen=frozen,
     )
     eval_data = run.eval_batches(eval_source, transform, config.train.batch_size, config.seed)
-    eval_means = run.make_evaluate(forward, run_.mesh, run_.param_shardings, eval_data)
+    eval_means = run.make_evaluate(forward, run_.mesh, run_.variable_shardings, eval_data)
 
     def evaluate(params) -> dict[str, float]:
-        result = eval_means(params)
+        result = eval_means(run_.variables(params))
         result["perplexity"] = math.exp(min(result["nll"], 50.0))
         return result
 
+    # The held-out figures before the first step (the base model under fresh adapters), kept in
+    # the workdir so that a resumed run reports the same.
+    before = {}
+    if config.train.get("eval_before", False):
+        path = os.path.join(workdir, "eval_before.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                before = json.load(f)
+        elif run_.resumed_from is None:
+            before = evaluate(run_.state.params)
+            if setup.is_chief():
+                setup.write_json_atomically(path, before)
     started = time.perf_counter()
     result = run.train(
         run_, config, evaluate=evaluate, tokens_in_batch=lambda b: int(np.sum(b["mask_bt"]))
@@ -118,14 +156,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "eval_nll": result.last_eval.get("nll"),
         "eval_perplexity": result.last_eval.get("perplexity"),
         "eval_token_accuracy": result.last_eval.get("accuracy"),
+        **({"eval_nll_before": before["nll"]} if before else {}),
         "train_examples": len(train_source),
         "train_packed_rows": packing_summary.get("train_rows"),
         **{k: v for k, v in packing_summary.items() if k != "train_rows"},
         "eval_examples": len(eval_source),
         "train_wall_s": train_wall_s,
+        **lora_summary,
     }
-    if not result.preempted:
+    if not result.preempted and frozen is None:
         run.export_causal_lm(workdir, model_config, result.state.params, tokenizer)
+    elif not result.preempted:  # merged weights for transformers, the adapters for PEFT
+        variables = setup.to_host(run_.variables(result.state.params))
+        plain = model_config.replace(lora=None)
+        run.export_causal_lm(workdir, plain, lora.merge(model_config, variables), tokenizer)
+        if setup.is_chief():
+            lora.save_peft(
+                os.path.join(workdir, "adapter"),
+                model_config,
+                variables["lora"],
+                base_model_name_or_path=config.model.name_or_path,
+            )
     run_.checkpointer.close()
     run.finish(workdir, run_.writer, summary, ("train/loss", "eval/nll", "train/tokens_per_s"))
     return summary

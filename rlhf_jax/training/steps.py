@@ -216,18 +216,32 @@ def loss_gradients(
     return grads, metrics
 
 
+def with_frozen(forward: Forward, frozen: Any) -> Forward:
+    """`forward` on {**frozen, **params}: `params` (e.g. {"lora": adapters}) are what a step
+    trains, `frozen` (e.g. {"params": base}) are read but get no gradient."""
+
+    def forward_with_frozen(params, batch, rng, deterministic):
+        return forward({**frozen, **params}, batch, rng, deterministic)
+
+    return forward_with_frozen
+
+
 def make_train_step(
     forward: Forward, tx: optax.GradientTransformation, *, grad_accum: int = 1
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, losses_lib.Metrics]]:
-    """Pure `step(state, batch, rng) -> (state, metrics)`: one optimizer update.
+    """Pure `step(state, batch, rng, frozen=None) -> (state, metrics)`: one optimizer update.
+
+    With `frozen` (variables the state does not train, e.g. {"params": base} under LoRA), the
+    forward reads {**frozen, **state.params} and only `state.params` get gradients.
 
     Metrics: the forward's (sum, count) pairs plus "grad_norm" (before clipping) and "nonfinite".
     A NaN or inf loss or gradient sets "nonfinite" = 1 and skips the update (params and optimizer
     state unchanged), so one bad batch cannot poison the state; the host decides whether to stop.
     """
 
-    def step(state: TrainState, batch: Batch, rng: jax.Array):
-        grads, metrics = loss_gradients(forward, state.params, batch, rng, grad_accum)
+    def step(state: TrainState, batch: Batch, rng: jax.Array, frozen: Any = None):
+        forward_ = forward if frozen is None else with_frozen(forward, frozen)
+        grads, metrics = loss_gradients(forward_, state.params, batch, rng, grad_accum)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"][0])
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
@@ -262,24 +276,38 @@ def make_eval_step(forward: Forward) -> Callable[[Any, Batch], losses_lib.Metric
 
 
 def jit_train_step(
-    step: Callable, mesh: Mesh, state_shardings: TrainState, rules=sharding_lib.DEFAULT_RULES
+    step: Callable,
+    mesh: Mesh,
+    state_shardings: TrainState,
+    rules=sharding_lib.DEFAULT_RULES,
+    *,
+    frozen: Any = None,
+    frozen_shardings: Any = None,
 ) -> Callable:
-    """`step` jitted over `mesh`: state in/out with `state_shardings` (donated), batch split over
-    data x fsdp, rng and metrics replicated; activations constrained by `rules`."""
+    """`step` jitted over `mesh` as `fn(state, batch, rng)`: state in/out with `state_shardings`
+    (donated), batch split over data x fsdp, rng and metrics replicated; activations constrained
+    by `rules`. `frozen` (placed as `frozen_shardings`) is passed to every call as an argument of
+    the compiled program, never donated and never baked into it as a constant."""
 
-    def wrapped(state, batch, rng):
+    def wrapped(state, batch, rng, frozen_=None):
         with activation_sharding(mesh, rules):
-            return step(state, batch, rng)
+            return step(state, batch, rng, frozen_)
 
     replicated = sharding_lib.replicated(mesh)
     # A rank-1 spec is a prefix for every batch leaf: leading axis over data x fsdp, rest whole.
     batch_prefix = sharding_lib.batch_sharding(mesh, ndim=1)
-    return jax.jit(
+    in_shardings = (state_shardings, batch_prefix, replicated)
+    if frozen is not None:
+        in_shardings += (frozen_shardings,)
+    jitted = jax.jit(
         wrapped,
-        in_shardings=(state_shardings, batch_prefix, replicated),
+        in_shardings=in_shardings,
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
+    if frozen is None:
+        return jitted  # fn(state, batch, rng), with `.lower` for ahead-of-time compiling
+    return lambda state, batch, rng: jitted(state, batch, rng, frozen)
 
 
 def jit_eval_step(
