@@ -11,7 +11,7 @@ The package is a house of floors; each imports only the floors below it (docs/ar
   training/, generation.py, sharding.py, compilation_cache.py
                train state, pure step factories, checkpoints, metrics; sampling; the mesh
   losses.py, models/
-               pure math: losses; decoders, heads, transformers conversion
+               pure math: losses; decoders, heads, LoRA; transformers, GGUF and PEFT formats
 
 This module is the public surface; the submodules hold the rest.
 """

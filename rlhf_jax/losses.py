@@ -59,6 +59,51 @@ def next_token_is_top(logits_btv: jax.Array, tokens_bt: jax.Array) -> jax.Array:
     return (target_bt1 >= max_bt1)[..., 0]
 
 
+def chunked_next_token_logprobs(
+    hidden_btd: jax.Array,
+    head: Callable[[jax.Array], jax.Array],
+    tokens_bt: jax.Array,
+    chunk_len: int,
+) -> tuple[jax.Array, jax.Array]:
+    """`next_token_logprobs` and `next_token_is_top` from the final hidden states, the LM head
+    applied `chunk_len` positions at a time, so that the [B, T, V] logits never exist whole.
+
+    Each chunk's logits are recomputed in the backward pass (`jax.checkpoint`) instead of kept:
+    memory for one [B, chunk_len, V] block at a time, for one more LM-head matmul.
+
+    Args:
+      hidden_btd: [B, T, E] final hidden states.
+      head: hidden [B, C, E] -> float32 logits [B, C, V] (e.g. `CausalLM.head_logits`).
+      tokens_bt: int [B, T].
+      chunk_len: positions per chunk (the last chunk is padded).
+
+    Returns:
+      (float32 [B, T-1] log p(token t+1 | tokens <= t), bool [B, T-1] token t+1 is the top one).
+    """
+    batch, length = tokens_bt.shape
+    positions = length - 1
+    chunks = -(-positions // chunk_len)
+    pad = chunks * chunk_len - positions
+    hidden = jnp.pad(hidden_btd[:, :-1], ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(tokens_bt[:, 1:], ((0, 0), (0, pad)))
+    # [chunks, B, C, ...]: one LM-head call per chunk.
+    hidden_nbcd = hidden.reshape(batch, chunks, chunk_len, -1).swapaxes(0, 1)
+    targets_nbc = targets.reshape(batch, chunks, chunk_len).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one_chunk(inputs):
+        hidden_bcd, targets_bc = inputs
+        logits_bcv = head(hidden_bcd).astype(jnp.float32)
+        max_bc1 = jax.lax.stop_gradient(jnp.max(logits_bcv, axis=-1, keepdims=True))
+        target_bc1 = jnp.take_along_axis(logits_bcv, targets_bc[..., None], axis=-1)
+        log_norm_bc1 = jnp.log(jnp.sum(jnp.exp(logits_bcv - max_bc1), axis=-1, keepdims=True))
+        return (target_bc1 - max_bc1 - log_norm_bc1)[..., 0], (target_bc1 >= max_bc1)[..., 0]
+
+    logprobs_nbc, is_top_nbc = jax.lax.map(one_chunk, (hidden_nbcd, targets_nbc))
+    unchunk = lambda x: x.swapaxes(0, 1).reshape(batch, -1)[:, :positions]  # noqa: E731
+    return unchunk(logprobs_nbc), unchunk(is_top_nbc)
+
+
 def last_true_index(mask_bt: jax.Array) -> jax.Array:
     """int32 [B]: index of the last True of each row (0 for an all-False row).
 
@@ -97,14 +142,24 @@ def sft_loss(
       (mean NLL per target token in nats, {"loss" and "nll": (sum, count), "accuracy": (sum,
       count)}).
     """
-    logprobs_bt = next_token_logprobs(logits_btv, tokens_bt)
+    return sft_loss_from_logprobs(
+        logprobs_bt=next_token_logprobs(logits_btv, tokens_bt),
+        is_top_bt=next_token_is_top(logits_btv, tokens_bt),
+        loss_mask_bt=loss_mask_bt,
+    )
+
+
+def sft_loss_from_logprobs(
+    *, logprobs_bt: jax.Array, is_top_bt: jax.Array, loss_mask_bt: jax.Array
+) -> tuple[jax.Array, Metrics]:
+    """`sft_loss` from the next-token log-probs and top-token hits [B, T-1] (as
+    `next_token_logprobs` / `next_token_is_top`, or their chunked form, give them)."""
     target_mask_bt = loss_mask_bt[:, 1:]
     nll_sum, count = masked_sum(-logprobs_bt, target_mask_bt)
-    correct_bt = next_token_is_top(logits_btv, tokens_bt)
     metrics = {
         "loss": (nll_sum, count),
         "nll": (nll_sum, count),
-        "accuracy": masked_sum(correct_bt.astype(jnp.float32), target_mask_bt),
+        "accuracy": masked_sum(is_top_bt.astype(jnp.float32), target_mask_bt),
     }
     return nll_sum / jnp.maximum(count, 1.0), metrics
 

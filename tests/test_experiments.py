@@ -259,3 +259,14 @@ def test_ppo_ptx_row_layouts_and_their_errors():
     config.ppo.ptx_documents_per_row = 0
     with pytest.raises(ValueError, match="ptx_documents_per_row must be >= 1"):
         ppo_trainer._ptx_rows(config, tokenizer, records)
+
+
+def test_lora_needs_a_pretrained_model_and_the_reward_trainer_refuses_it(tmp_path):
+    config = hh_tiny.get_config("sft")
+    config.model.lora.rank = 4
+    with pytest.raises(ValueError, match="adapts a pretrained model: set model.init='pretrained'"):
+        sft_trainer.train_and_evaluate(config, str(tmp_path / "sft"))
+    config = hh_tiny.get_config("reward")
+    config.model.lora.rank = 4
+    with pytest.raises(ValueError, match="the reward trainer trains every weight so far"):
+        reward_trainer.train_and_evaluate(config, str(tmp_path / "rm"))

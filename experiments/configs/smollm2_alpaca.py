@@ -34,7 +34,11 @@ def get_config(variant: str = "sft_lora") -> ml_collections.ConfigDict:
         overlong="truncate",
     )
     c.tokenizer.update(path=MODEL_DIR, chat_template="on")
-    c.model.update(init="pretrained", name_or_path=MODEL_DIR, dropout_rate=0.0, max_len=256)
+    # The LM head 64 positions at a time: the [8, 256, 49152] float32 logits (384 MiB, and as
+    # much again for their gradient) never exist whole.
+    c.model.update(
+        init="pretrained", name_or_path=MODEL_DIR, dropout_rate=0.0, max_len=256, lm_head_chunk=64
+    )
     c.model.lora.update(rank=8, alpha=16.0, dropout=0.05)
     c.optim.update(learning_rate=1e-3, warmup_steps=5, weight_decay=0.0)
     c.train.update(

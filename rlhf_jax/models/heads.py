@@ -79,13 +79,19 @@ class CausalLM(nn.Module):
             documents_bt=documents_bt,
         )
         hidden_btd = out.hidden_btd[:, logits_start:] if logits_start else out.hidden_btd
+        return LMOutput(
+            logits_btv=self.head_logits(hidden_btd), hidden_btd=out.hidden_btd, cache=out.cache
+        )
+
+    def head_logits(self, hidden_btd: jax.Array) -> jax.Array:
+        """The LM head alone: final hidden states [B, T, E] -> float32 logits [B, T, V]
+        (`model.apply(params, hidden_btd, method=CausalLM.head_logits)`; the chunked losses call
+        it on a few positions at a time)."""
         if self.config.tie_embeddings:
             logits_btv = self.decoder.attend(hidden_btd)
         else:
             logits_btv = self.lm_head(hidden_btd)
-        return LMOutput(
-            logits_btv=logits_btv.astype(jnp.float32), hidden_btd=out.hidden_btd, cache=out.cache
-        )
+        return logits_btv.astype(jnp.float32)
 
 
 class ScalarModel(nn.Module):

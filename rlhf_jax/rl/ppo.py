@@ -265,7 +265,11 @@ def make_ppo_update(
     value_loss_fn: losses.LossFn = losses.ppo_value_loss,
     ptx_loss_fn: losses.LossFn = losses.sft_loss,
 ) -> Callable[[PPOState, Rollout, Batch | None, jax.Array], tuple[PPOState, dict]]:
-    """Pure `update(state, rollout, ptx_batch, rng) -> (state, metrics)`.
+    """Pure `update(state, rollout, ptx_batch, rng, policy_frozen=None) -> (state, metrics)`.
+
+    With `policy_frozen` (the policy's variables it does not train, e.g. {"params": base} under
+    LoRA), the policy reads {**policy_frozen, **state.policy.params} and only the latter are
+    updated.
 
     Args:
       policy_model, value_model: the modules. With a separate value model (a ScalarModel) each
@@ -299,8 +303,10 @@ def make_ppo_update(
         )
         return loss, {f"value/{k}": v for k, v in metrics.items()}
 
-    def policy_objective(params, mb, ptx_mb, head_params=None):
-        """Policy loss (+ value_coef x value loss of the ValueHead when `head_params`)."""
+    def policy_objective(params, mb, ptx_mb, head_params=None, frozen=None):
+        """Policy loss (+ value_coef x value loss of the ValueHead when `head_params`); the
+        policy reads {**frozen, **params} when part of it is frozen (LoRA's base)."""
+        params = params if frozen is None else {**frozen, **params}
         forward = policy_forward(
             policy_model,
             params,
@@ -347,7 +353,13 @@ def make_ppo_update(
             opt_state=opt_state,
         )
 
-    def update(state: PPOState, batch: Rollout, ptx_batch: Batch | None, rng: jax.Array):
+    def update(
+        state: PPOState,
+        batch: Rollout,
+        ptx_batch: Batch | None,
+        rng: jax.Array,
+        policy_frozen: Any = None,
+    ):
         prompt_len = batch.prompt_len
         mask_bn = batch.response_mask_bn
         advantages_bn, returns_bn = gae(
@@ -386,11 +398,11 @@ def make_ppo_update(
             if shared_backbone:
                 (policy_grads, value_grads), policy_metrics = jax.grad(
                     policy_objective, argnums=(0, 3), has_aux=True
-                )(policy_state.params, mb, ptx_mb, value_state.params)
+                )(policy_state.params, mb, ptx_mb, value_state.params, policy_frozen)
                 value_metrics = {}
             else:
                 policy_grads, policy_metrics = jax.grad(policy_objective, has_aux=True)(
-                    policy_state.params, mb, ptx_mb
+                    policy_state.params, mb, ptx_mb, None, policy_frozen
                 )
                 value_grads, value_metrics = jax.grad(value_objective, has_aux=True)(
                     value_state.params, mb
@@ -459,6 +471,7 @@ def make_iteration(
     reward_params: Any,
     *,
     timed: bool = False,
+    policy_frozen: Any = None,
 ) -> Callable:
     """One PPO iteration as a train step, `step(state, batch, rng) -> (state, metrics)`: the jitted
     rollout (`rollout.make_rollout`) then the jitted update (`make_ppo_update` +
@@ -467,6 +480,9 @@ def make_iteration(
     Args:
       rollout_fn, update_fn: the two jitted functions.
       reference_params, reward_params: the frozen models' variables (on the mesh).
+      policy_frozen: the policy's frozen variables under LoRA (its base, which is then also the
+        reference: the policy without its adapters); the rollout reads them with the state's
+        adapters. `update_fn` must have been jitted with them (`jit_ppo_update`).
 
     The batch holds `tokens_bp` / `mask_bp` (left-padded prompts) and, for PPO-ptx,
     `ptx_tokens_bt` / `ptx_mask_bt` / `ptx_loss_mask_bt` (+ `ptx_positions_bt` /
@@ -479,8 +495,9 @@ def make_iteration(
 
     def step(state: PPOState, batch: Batch, rng: jax.Array):
         rollout_rng, update_rng = jax.random.split(rng)
+        policy = state.policy.params
         params = RolloutParams(
-            policy=state.policy.params,
+            policy=policy if policy_frozen is None else {**policy_frozen, **policy},
             reference=reference_params,
             value=state.value.params,
             reward=reward_params,
@@ -545,19 +562,30 @@ def jit_ppo_update(
     mesh: Mesh,
     state_shardings: PPOState,
     rules: LogicalRules = sharding_lib.DEFAULT_RULES,
+    *,
+    policy_frozen: Any = None,
+    policy_frozen_shardings: Any = None,
 ) -> Callable:
-    """`update` jitted over `mesh`: state in/out with `state_shardings` (donated), rollout and ptx
-    batch split over data x fsdp, rng and metrics replicated."""
+    """`update` jitted over `mesh` as `fn(state, batch, ptx_batch, rng)`: state in/out with
+    `state_shardings` (donated), rollout and ptx batch split over data x fsdp, rng and metrics
+    replicated. `policy_frozen` (LoRA's base, placed as `policy_frozen_shardings`) goes to every
+    call as an argument of the compiled program, never donated."""
 
-    def wrapped(state, batch, ptx_batch, rng):
+    def wrapped(state, batch, ptx_batch, rng, frozen=None):
         with activation_sharding(mesh, rules):
-            return update(state, batch, ptx_batch, rng)
+            return update(state, batch, ptx_batch, rng, frozen)
 
     replicated = sharding_lib.replicated(mesh)
     batch_prefix = sharding_lib.batch_sharding(mesh, ndim=1)
-    return jax.jit(
+    in_shardings = (state_shardings, batch_prefix, batch_prefix, replicated)
+    if policy_frozen is not None:
+        in_shardings += (policy_frozen_shardings,)
+    jitted = jax.jit(
         wrapped,
-        in_shardings=(state_shardings, batch_prefix, batch_prefix, replicated),
+        in_shardings=in_shardings,
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
+    if policy_frozen is None:
+        return jitted
+    return lambda state, batch, ptx_batch, rng: jitted(state, batch, ptx_batch, rng, policy_frozen)

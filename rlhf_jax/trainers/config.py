@@ -68,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
             dtype="float32",  # activations; "bfloat16" on TPU/GPU
             param_dtype="float32",
             remat=False,  # recompute block activations in the backward pass
+            # SFT: > 0 applies the LM head this many positions at a time inside the loss, so the
+            # [batch, length, vocab] logits never exist whole (for large vocabularies).
+            lm_head_chunk=0,
             # Low-rank adapters (SFT on a pretrained model): rank 0 trains every weight; > 0
             # trains only adapters of this rank on the `targets` projections (comma-separated,
             # transformers' names or ours), scaled by alpha / rank (alpha / sqrt(rank) with

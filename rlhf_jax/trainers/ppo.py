@@ -15,6 +15,10 @@ prompt/ptx iterators; rerunning the command resumes. Every `train.eval_every` it
 policy answers the held-out prompts; their mean RM score and KL are logged and a table of samples
 goes to workdir/samples.md.
 The final policy is exported as a transformers directory (workdir/model).
+
+With `model.lora.rank` > 0 the policy trains low-rank adapters only: the SFT weights are its
+frozen base and, without the adapters, the reference policy (one copy of them); the export holds
+the merged weights (workdir/model) and the adapters in PEFT's format (workdir/adapter).
 """
 
 from __future__ import annotations
@@ -205,11 +209,6 @@ def warn_on_negative_kl(kl_per_response: float, where: str) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains and exports; returns the summary dict."""
-    if setup.lora_config(config.model) is not None:
-        raise ValueError(
-            "model.lora.rank > 0: the PPO trainer trains every weight so far (LoRA is in the "
-            "SFT trainer); set model.lora.rank=0."
-        )
     workdir = os.path.abspath(workdir)
     setup.write_config(config, workdir)
     sft_dir, policy_config, policy_params, reward_config, reward_params = _load_models(config)
@@ -224,14 +223,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             config, tokenizer, _ptx_source(config, config.ptx.split)
         )
 
+    lora_config = setup.lora_config(config.model)
+    if lora_config is not None:
+        policy_config = policy_config.replace(lora=lora_config)
     policy, reward_model = CausalLM(policy_config), ScalarModel(reward_config)
-    _, policy_specs = state_lib.init_variables(policy, 8, config.seed)
+    fresh_policy, policy_specs = state_lib.init_variables(policy, 8, config.seed)
     _, reward_specs = state_lib.init_variables(reward_model, 8, config.seed)
     value_kind = config.ppo.get("value_model", "reward")
     if value_kind == "reward":  # a separate value model, a copy of the RM (InstructGPT's choice)
         value, value_params, value_specs = reward_model, reward_params, reward_specs
     elif value_kind == "policy_head":  # a fresh head on the policy's hidden states
-        value = ValueHead(policy_config)
+        value = ValueHead(policy_config.replace(lora=None))
         value_params, value_specs = state_lib.init_variables(value, 8, config.seed + 2)
     else:
         raise ValueError(f"ppo.value_model must be 'reward' or 'policy_head', got {value_kind!r}.")
@@ -247,6 +249,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 f"{name}={rows} must be a multiple of data x fsdp ({ways}) x ppo.minibatches "
                 f"({config.ppo.minibatches})."
             )
+    # Under LoRA the SFT weights are the policy's frozen base and, without the adapters, the
+    # reference: one copy of them, an argument of both compiled programs.
+    policy_frozen = policy_frozen_sh = None
+    if lora_config is not None:
+        policy_frozen_sh = sharding.logical_shardings(
+            {"params": policy_specs["params"]}, mesh, shapes=policy_params
+        )
+        policy_frozen = sharding.put_on_mesh(policy_params, policy_frozen_sh)
+        policy_params = {"lora": fresh_policy["lora"]}
+        policy_specs = {"lora": policy_specs["lora"]}
     policy_sh = sharding.logical_shardings(policy_specs, mesh, shapes=policy_params)
     reward_sh = sharding.logical_shardings(reward_specs, mesh, shapes=reward_params)
     value_sh = sharding.logical_shardings(value_specs, mesh, shapes=value_params)
@@ -266,7 +278,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     # Own buffers for the frozen models: the update donates the state's, which may alias them.
     copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # noqa: E731
-    reference = copy(sharding.put_on_mesh(policy_params, policy_sh))
+    # The policy before PPO: the SFT weights, or under LoRA the fresh (zero) adapters on them.
+    initial_policy = copy(sharding.put_on_mesh(policy_params, policy_sh))
+    reference, reference_sh = initial_policy, policy_sh
+    full_policy_sh = policy_sh
+    if policy_frozen is not None:
+        reference, reference_sh = policy_frozen, policy_frozen_sh
+        full_policy_sh = {**policy_frozen_sh, **policy_sh}
+
+    def policy_variables(params):
+        """What the policy model reads: its trained params, with the frozen base under LoRA."""
+        return params if policy_frozen is None else {**policy_frozen, **params}
+
     reward = copy(sharding.put_on_mesh(reward_params, reward_sh))
     # Evaluation reads no values, but the rollout needs some: the initial value variables.
     eval_value = copy(sharding.put_on_mesh(value_params, value_sh))
@@ -279,11 +302,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         models,
         rollout_config,
         mesh=mesh,
-        param_shardings=rollout_lib.RolloutParams(policy_sh, policy_sh, value_sh, reward_sh),
+        param_shardings=rollout_lib.RolloutParams(
+            full_policy_sh, reference_sh, value_sh, reward_sh
+        ),
     )
     update = ppo.make_ppo_update(policy, value, policy_tx, value_tx, ppo_config)
-    update_fn = ppo.jit_ppo_update(update, mesh, state_sh)
-    step = ppo.make_iteration(rollout_fn, update_fn, reference, reward, timed=True)
+    update_fn = ppo.jit_ppo_update(
+        update,
+        mesh,
+        state_sh,
+        policy_frozen=policy_frozen,
+        policy_frozen_shardings=policy_frozen_sh,
+    )
+    step = ppo.make_iteration(
+        rollout_fn, update_fn, reference, reward, timed=True, policy_frozen=policy_frozen
+    )
 
     train_data = _datasets(config, tokenizer, prompt_source, ptx_rows, ptx_transform)
     train_iter = iter(train_data.to_iter_dataset())
@@ -310,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pretrain_nll = run.make_evaluate(
         steps.sft_forward(policy),
         mesh,
-        policy_sh,
+        full_policy_sh,
         run.eval_batches(
             _ptx_source(config, config.ptx.get("eval_split") or config.data.eval_split),
             pipeline.TokenizeDemonstration(
@@ -328,7 +361,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         """Held-out prompts: mean RM score, KL and length at a fixed sampling key, and the
         held-out pretraining NLL."""
         totals, table = None, None
-        params = rollout_lib.RolloutParams(policy_params, reference, eval_value, reward)
+        params = rollout_lib.RolloutParams(
+            policy_variables(policy_params), reference, eval_value, reward
+        )
         for i, batch in enumerate(eval_batches):
             placed = pipeline.to_global_arrays(batch, mesh)
             out = rollout_fn(
@@ -350,11 +385,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             title = label or f"evaluation {evaluations[0]}"
             write_samples(samples_path, title, prompts, responses, scores[:rows])
         result = means(totals)
-        result["pretrain_nll"] = pretrain_nll(policy_params)["nll"]
+        result["pretrain_nll"] = pretrain_nll(policy_variables(policy_params))["nll"]
         warn_on_negative_kl(result["kl"], "held-out")
         return result
 
-    initial = evaluate(reference, label="the SFT policy (before PPO)")
+    initial = evaluate(initial_policy, label="the SFT policy (before PPO)")
 
     def place_batch(batch: dict) -> dict:
         """Prompts and ptx rows have their own batch sizes: placed as two batches."""
@@ -406,7 +441,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "train_wall_s": train_wall_s,
     }
     if not result.preempted:
-        run.export_causal_lm(workdir, policy_config, result.state.policy.params, tokenizer)
+        run.export_trained_lm(
+            workdir,
+            policy_config,
+            result.state.policy.params,
+            tokenizer,
+            frozen=policy_frozen,
+            base_name=config.model.get("sft_dir", ""),
+        )
     checkpointer.close()
     run.finish(
         workdir, writer, summary, ("train/rollout/score", "train/rollout/kl", "eval/score_raw")

@@ -75,7 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if setup.lora_config(config.model) is not None:
         raise ValueError(
             "model.lora.rank > 0: the reward trainer trains every weight so far (LoRA is in the "
-            "SFT trainer); set model.lora.rank=0."
+            "SFT and PPO trainers); set model.lora.rank=0."
         )
     workdir = os.path.abspath(workdir)
     setup.write_config(config, workdir)

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from rlhf_jax import sharding
 from rlhf_jax.data import pipeline
-from rlhf_jax.models import TransformerConfig, hf
+from rlhf_jax.models import TransformerConfig, hf, lora
 from rlhf_jax.trainers.setup import is_chief, make_optimizer, to_host, write_json_atomically
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training import steps
@@ -47,6 +47,33 @@ def export_causal_lm(workdir: str, model_config: TransformerConfig, params: Any,
             bos_token_id=tokenizer.eos_id,
             eos_token_id=tokenizer.eos_id,
             pad_token_id=tokenizer.pad_id,
+        )
+
+
+def export_trained_lm(
+    workdir: str,
+    model_config: TransformerConfig,
+    params: Any,
+    tokenizer,
+    *,
+    frozen: Any = None,
+    base_name: str = "",
+) -> None:
+    """The trained causal LM at workdir/model; under LoRA (`frozen` holds the base, `params` the
+    adapters) the merged weights there and, for the families PEFT names like transformers
+    (`lora.PEFT_FAMILIES`), the adapters in PEFT's format at workdir/adapter."""
+    if frozen is None:
+        export_causal_lm(workdir, model_config, params, tokenizer)
+        return
+    variables = to_host({**frozen, **params})
+    plain = model_config.replace(lora=None)
+    export_causal_lm(workdir, plain, lora.merge(model_config, variables), tokenizer)
+    if is_chief() and model_config.family in lora.PEFT_FAMILIES:
+        lora.save_peft(
+            os.path.join(workdir, "adapter"),
+            model_config,
+            variables["lora"],
+            base_model_name_or_path=base_name,
         )
 
 

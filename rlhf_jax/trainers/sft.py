@@ -60,16 +60,16 @@ def _train_rows(config, train_source, tokenizer, spec, transform) -> tuple[Any, 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, evaluates and exports; returns the summary dict."""
+    if config.model.init == "scratch" and setup.lora_config(config.model) is not None:
+        raise ValueError(
+            "model.lora.rank > 0 adapts a pretrained model: set model.init='pretrained'."
+        )
     workdir = os.path.abspath(workdir)
     setup.write_config(config, workdir)
     train_source = setup.open_split(config.data, config.data.train_split)
     eval_source = setup.open_split(config.data, config.data.eval_split)
     tokenizer = setup.load_tokenizer(config, workdir, lambda: setup.record_texts(train_source))
 
-    if config.model.init == "scratch" and setup.lora_config(config.model) is not None:
-        raise ValueError(
-            "model.lora.rank > 0 adapts a pretrained model: set model.init='pretrained'."
-        )
     if config.model.init == "scratch":
         model_config = setup.scratch_model_config(config.model, tokenizer.vocab_size)
         model = CausalLM(model_config)
@@ -113,7 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_rows, train_transform, batch_size=config.train.batch_size, seed=config.seed
     )
     loss_fn = losses.LOSSES[config.loss]
-    forward = steps.sft_forward(model, loss_fn)
+    forward = steps.sft_forward(model, loss_fn, lm_head_chunk=config.model.get("lm_head_chunk", 0))
     run_ = run.prepare_run(
         config=config,
         workdir=workdir,
@@ -164,19 +164,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "train_wall_s": train_wall_s,
         **lora_summary,
     }
-    if not result.preempted and frozen is None:
-        run.export_causal_lm(workdir, model_config, result.state.params, tokenizer)
-    elif not result.preempted:  # merged weights for transformers, the adapters for PEFT
-        variables = setup.to_host(run_.variables(result.state.params))
-        plain = model_config.replace(lora=None)
-        run.export_causal_lm(workdir, plain, lora.merge(model_config, variables), tokenizer)
-        if setup.is_chief():
-            lora.save_peft(
-                os.path.join(workdir, "adapter"),
-                model_config,
-                variables["lora"],
-                base_model_name_or_path=config.model.name_or_path,
-            )
+    if not result.preempted:
+        run.export_trained_lm(
+            workdir,
+            model_config,
+            result.state.params,
+            tokenizer,
+            frozen=frozen,
+            base_name=config.model.get("name_or_path", ""),
+        )
     run_.checkpointer.close()
     run.finish(workdir, run_.writer, summary, ("train/loss", "eval/nll", "train/tokens_per_s"))
     return summary

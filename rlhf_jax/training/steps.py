@@ -34,20 +34,40 @@ def _dropout_rngs(rng: jax.Array, deterministic: bool) -> dict[str, jax.Array] |
     return None if deterministic else {"dropout": rng}
 
 
-def sft_forward(model: nn.Module, loss_fn: losses_lib.LossFn = losses_lib.sft_loss) -> Forward:
+def sft_forward(
+    model: nn.Module, loss_fn: losses_lib.LossFn = losses_lib.sft_loss, *, lm_head_chunk: int = 0
+) -> Forward:
     """Forward for a CausalLM on SFT batches (`tokens_bt`, `mask_bt`, `loss_mask_bt`; with
-    `positions_bt` and `documents_bt` where rows pack several documents)."""
+    `positions_bt` and `documents_bt` where rows pack several documents).
+
+    lm_head_chunk: > 0 applies the LM head that many positions at a time inside the loss
+      (`losses.chunked_next_token_logprobs`), so the [B, T, V] logits never exist whole; the
+      loss must then be `losses.sft_loss`.
+    """
+    if lm_head_chunk and loss_fn is not losses_lib.sft_loss:
+        raise ValueError("lm_head_chunk > 0 computes the SFT NLL itself: use losses.sft_loss.")
 
     def forward(params, batch, rng, deterministic):
+        tokens_bt = batch["tokens_bt"]
         out = model.apply(
             params,
-            batch["tokens_bt"],
+            tokens_bt,
             batch["mask_bt"],
             batch.get("positions_bt"),
             deterministic=deterministic,
             documents_bt=batch.get("documents_bt"),
             rngs=_dropout_rngs(rng, deterministic),
+            # Chunked: the hidden states only (logits from position T on: none).
+            logits_start=tokens_bt.shape[1] if lm_head_chunk else 0,
         )
+        if lm_head_chunk:
+            head = lambda h_bcd: model.apply(params, h_bcd, method=type(model).head_logits)  # noqa: E731
+            logprobs_bt, is_top_bt = losses_lib.chunked_next_token_logprobs(
+                out.hidden_btd, head, tokens_bt, lm_head_chunk
+            )
+            return losses_lib.sft_loss_from_logprobs(
+                logprobs_bt=logprobs_bt, is_top_bt=is_top_bt, loss_mask_bt=batch["loss_mask_bt"]
+            )
         return loss_fn(
             logits_btv=out.logits_btv,
             tokens_bt=batch["tokens_bt"],
