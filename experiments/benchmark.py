@@ -22,7 +22,10 @@ from experiments import cli
 from rlhf_jax import benchmarks
 
 _WORKLOADS = flags.DEFINE_list(
-    "workloads", ["a", "b", "c", "d", "e"], "Workloads to run (of a, b, c, d, e)."
+    "workloads",
+    ["a", "b", "c", "d", "e"],
+    "Workloads to run (of a, b, c, d, e; f, (a) with LoRA against peft, on the Llama-family "
+    "presets smollm2 and tiny_llama).",
 )
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs after one warm-up run (median reported).")
 _THREADS = flags.DEFINE_integer("threads", 2, "PyTorch intra-op threads (the machine's cores).")

@@ -321,3 +321,20 @@ def test_benchmarks_package_imports_neither_torch_nor_experiments():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_lora_workload_matches_peft_and_needs_a_llama_preset():
+    """(f) on the tiny Llama preset: the first two LoRA steps' losses equal transformers + peft's
+    with the same base and adapters (so the timing compares like with like), and only the
+    adapters are trained; a GPT-2 preset is refused (peft names its fused attention otherwise)."""
+    import pytest
+
+    from rlhf_jax.benchmarks import run_workloads
+
+    (result,) = run_workloads(["f"], "tiny_llama", repeats=1, threads=2, with_torch=True)
+    assert result["workload"] == "f_sft_lora_step"
+    assert result["loss_abs_diff_vs_torch"] < 1e-5
+    assert 0 < result["trained_parameters"] < 10_000
+    assert result["speedup_jax_over_torch"] > 0
+    with pytest.raises(ValueError, match="Llama-family preset"):
+        list(run_workloads(["f"], "tiny", repeats=1, threads=2, with_torch=False))

@@ -19,6 +19,12 @@ The remaining workloads use 16 prompts x 64 tokens + 64 response tokens:
     each minibatch one AdamW step of the policy (clipped surrogate) and one of the value model
     (clipped value loss); one jitted call (`rlhf_jax.rl.ppo.make_ppo_update`) vs the same loop in
     torch.
+(f) (a) with LoRA (Llama-family presets): rank-8 adapters on every projection trained, the base
+    frozen; against transformers + peft holding the same base and adapters.
+
+Presets other than the design sizes: "gpt2" (GPT-2 small), "smollm2" (SmolLM2-135M's Llama
+shape: 30 layers, width 576, 9/3 heads, vocabulary 49,152; 16 x 128 tokens), "tiny" and
+"tiny_llama" (the tests').
 
 Each workload prints one JSON line: median, min and max of the timed runs after a warm-up run,
 compile time, model FLOP/s as a fraction of the machine's measured fp32 matmul rate, peak memory
@@ -28,6 +34,7 @@ the compiled program's temporary buffers), the torch figures and `speedup_jax_ov
   python -m experiments.benchmark                      # the design-notes sizes, workloads a-e
   python -m experiments.benchmark --workloads=d,e      # a subset
   python -m experiments.benchmark --preset=tiny        # seconds; used by the tests
+  python -m experiments.benchmark --preset=smollm2 --workloads=a,f,c   # the 135M shape
   python -m experiments.benchmark --from_jsonl=experiments/results/benchmark_cpu.jsonl  # table
   python -m experiments.benchmark --matmuls            # the body's matmul shapes, XLA vs torch
   python -m experiments.benchmark --ratios=RUN1.jsonl,RUN2.jsonl  # JAX / PyTorch ratios per run

@@ -18,10 +18,11 @@ def _train_batch(preset: dict, rows: int) -> Any:
     return np.random.default_rng(0).integers(0, preset["vocab"], shape, np.int32)
 
 
-def jit_library_step(forward, params, batch: dict, seed: int):
+def jit_library_step(forward, params, batch: dict, seed: int, frozen=None):
     """The library's SFT/RM step as the experiments run it: `make_train_step` with AdamW, jitted
-    over a 1-device mesh with explicit shardings (`jit_train_step`). Returns (run: one step that
-    carries the state on, compile seconds, the compiled executable)."""
+    over a 1-device mesh with explicit shardings (`jit_train_step`); with `frozen` (LoRA's base),
+    `params` are the adapters the step trains. Returns (run: one step that carries the state on,
+    compile seconds, the compiled executable)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -36,28 +37,34 @@ def jit_library_step(forward, params, batch: dict, seed: int):
     shardings = state_lib.state_shardings(replicated, tx, params, mesh)
     own = jax.tree_util.tree_map(jnp.copy, params)  # the step donates its state; params live on
     state = sharding.put_on_mesh(state_lib.create_state(own, tx, seed), shardings)
-    step = steps.jit_train_step(steps.make_train_step(forward, tx), mesh, shardings)
+    train_step = steps.make_train_step(forward, tx)
     batch = sharding.put_batch(batch, mesh)
     rng = jax.random.key(seed)
-    compiled, compile_s = timed_compile(step, state, batch, rng)
+    if frozen is None:
+        step, extra = steps.jit_train_step(train_step, mesh, shardings), ()
+    else:  # the base as the step's fourth argument; on one device the arguments' placement holds
+        step = jax.jit(train_step, donate_argnums=(0,))
+        replicated_frozen = jax.tree_util.tree_map(lambda _: sharding.replicated(mesh), frozen)
+        extra = (sharding.put_on_mesh(frozen, replicated_frozen),)
+    compiled, compile_s = timed_compile(step, state, batch, rng, *extra)
     holder = [state]
 
     def run():  # the state carries on from run to run, as in training
-        holder[0], metrics = compiled(holder[0], batch, rng)
+        holder[0], metrics = compiled(holder[0], batch, rng, *extra)
         jax.block_until_ready(holder[0])
         return jax.block_until_ready(metrics)
 
     return run, compile_s, compiled
 
 
-def sft_setup(preset: dict) -> tuple[Any, Any, dict]:
+def sft_setup(preset: dict, lora: bool = False) -> tuple[Any, Any, dict]:
     """(a)'s (CausalLM, params, batch): `batch` rows of random tokens, the loss on the second
-    half of each row (the "response")."""
+    half of each row (the "response"); with `lora`, params hold "lora" beside "params"."""
     import numpy as np
 
     from rlhf_jax.models import CausalLM
 
-    lm = CausalLM(model_config(preset))
+    lm = CausalLM(model_config(preset, lora))
     tokens = _train_batch(preset, preset["batch"])
     loss_mask = np.zeros_like(tokens, bool)
     loss_mask[:, preset["context"] // 2 :] = True

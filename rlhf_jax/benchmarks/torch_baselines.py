@@ -207,6 +207,29 @@ def torch_sft(cfg, params, tokens, loss_mask, repeats: int, side: TorchSide):
         return _torch_train_step(loss_fn, trained, repeats, side, tokens.size, "tokens")
 
 
+def torch_sft_lora(cfg, variables, tokens, loss_mask, repeats: int, side: TorchSide):
+    """((f) stats, losses of the first two steps): the base in transformers with the same
+    adapters loaded by peft (`lora.save_peft`), only they trained."""
+    import tempfile
+
+    import peft
+    import torch
+
+    from rlhf_jax.models import lora
+
+    ids = side.tensor(tokens, torch.long)
+    labels = ids.masked_fill(~side.tensor(loss_mask), -100)
+    plain = cfg.replace(lora=None)
+    base_params = {"params": variables["params"]}
+    with tempfile.TemporaryDirectory() as tmp, _torch_lm(plain, base_params, side) as base:
+        lora.save_peft(tmp, cfg, variables["lora"])
+        model = peft.PeftModel.from_pretrained(base, tmp, is_trainable=True).to(side.device)
+        model.train()
+        trained = [p for p in model.parameters() if p.requires_grad]
+        loss_fn = lambda: model(input_ids=ids, labels=labels).loss  # noqa: E731
+        return _torch_train_step(loss_fn, trained, repeats, side, tokens.size, "tokens")
+
+
 def torch_reward(cfg, params, tokens, repeats: int, side: TorchSide):
     """((b) stats, losses of the first two steps) for the same step in transformers/PyTorch."""
     with torch_pair_loss(cfg, params, tokens, side) as (loss_fn, trained):

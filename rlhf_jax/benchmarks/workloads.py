@@ -47,6 +47,7 @@ from rlhf_jax.benchmarks.torch_baselines import (
     torch_reward,
     torch_scoring,
     torch_sft,
+    torch_sft_lora,
 )
 
 
@@ -91,6 +92,43 @@ def bench_sft(preset: dict, repeats: int, side: TorchSide, with_torch: bool, pea
     }
     if with_torch:
         result["torch"], torch_losses = torch_sft(cfg, params, tokens, loss_mask, repeats, side)
+        result["loss_abs_diff_vs_torch"] = _max_abs_diff(first_losses, torch_losses)
+    return result
+
+
+def bench_sft_lora(preset: dict, repeats: int, side: TorchSide, with_torch: bool, peak: float):
+    """(f): (a) with LoRA: rank-8 adapters on every projection trained, the base frozen (an
+    argument of the step), against transformers + peft with the same base and adapters."""
+    from rlhf_jax import losses
+    from rlhf_jax.models import lora
+    from rlhf_jax.training import steps
+
+    if preset.get("family", "gpt2") not in lora.PEFT_FAMILIES:
+        raise ValueError(
+            "Workload f (LoRA) runs on a Llama-family preset (smollm2, tiny_llama): peft names "
+            "GPT-2's fused attention differently."
+        )
+    cfg = model_config(preset, lora=True)
+    batch, seq = preset["batch"], preset["context"]
+    lm, variables, data = sft_setup(preset, lora=True)
+    frozen, adapters = {"params": variables["params"]}, {"lora": variables["lora"]}
+    run, compile_s, compiled = jit_library_step(
+        steps.sft_forward(lm), adapters, data, 0, frozen=frozen
+    )
+    first_losses = [float(losses.metrics_mean(run())["loss"]) for _ in range(2)]
+    flops = 2 * forward_flops(cfg, batch, range(seq))  # forward + the activations' backward
+    result = {
+        "workload": "f_sft_lora_step",
+        "unit": "trained tokens/s",
+        "trained_parameters": lora.parameter_count(adapters),
+        "jax": _jax_stats(
+            timed(run, repeats), batch * seq, "tokens", compiled, compile_s, flops, peak
+        ),
+    }
+    if with_torch:
+        result["torch"], torch_losses = torch_sft_lora(
+            cfg, variables, data["tokens_bt"], data["loss_mask_bt"], repeats, side
+        )
         result["loss_abs_diff_vs_torch"] = _max_abs_diff(first_losses, torch_losses)
     return result
 
@@ -266,6 +304,7 @@ WORKLOADS = {
     "c": bench_generation,
     "d": bench_scoring,
     "e": bench_ppo_update,
+    "f": bench_sft_lora,
 }
 
 
