@@ -338,3 +338,20 @@ def test_lora_workload_matches_peft_and_needs_a_llama_preset():
     assert result["speedup_jax_over_torch"] > 0
     with pytest.raises(ValueError, match="Llama-family preset"):
         list(run_workloads(["f"], "tiny", repeats=1, threads=2, with_torch=False))
+
+
+def test_readme_smollm2_table_is_the_saved_run_rendered():
+    """The README's table at the SmolLM2-135M shape (workloads a, f, c) is `--from_jsonl`'s
+    rendering of the committed run, figure for figure, with peak memory on both sides."""
+    from rlhf_jax.benchmarks import markdown_table
+
+    with open("README.md") as f:
+        readme = f.read()
+    with open("experiments/results/benchmark_smollm2_cpu.jsonl") as f:
+        results = [json.loads(line) for line in f if line.startswith("{")]
+    assert [r["workload"] for r in results] == ["a_sft_step", "f_sft_lora_step", "c_generation"]
+    assert all(r["preset"] == "smollm2" and r["shape"]["vocab"] == 49152 for r in results)
+    assert all(r["torch"]["peak_rss_growth_mib"] is not None for r in results)
+    rows = [line for line in markdown_table(results).splitlines() if line.startswith("| ")]
+    for row in rows[2:]:
+        assert row in readme, row
