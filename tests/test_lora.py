@@ -86,7 +86,8 @@ def test_merged_weights_equal_the_adapted_model_and_load_in_transformers(tmp_pat
 
 
 def test_peft_loads_the_export_to_the_same_logits(tmp_path):
-    peft = pytest.importorskip("peft", reason="peft is a test-only dependency")
+    import peft  # a test-only dependency (setup.py dev extras)
+
     config = lora_config(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down"))
     variables, _ = _variables(config)
     plain = config.replace(lora=None)

@@ -162,7 +162,8 @@ def test_lora_sft_on_alpaca_exports_merged_weights_and_peft_adapters(smollm2, tm
     """`experiments/configs/smollm2_alpaca.py:smoke`: LoRA rank 8 on the converted model, chat-
     templated Alpaca, 8 steps on 2 CPU cores. The held-out NLL falls; the merged export loads in
     transformers with our greedy text; the PEFT export loads with peft to our logits."""
-    peft = pytest.importorskip("peft", reason="peft is a test-only dependency")
+    import peft  # a test-only dependency (setup.py dev extras)
+
     from experiments.configs import smollm2_alpaca
     from rlhf_jax.trainers import sft
 
