@@ -306,7 +306,7 @@ def make_ppo_update(
     def policy_objective(params, mb, ptx_mb, head_params=None, frozen=None):
         """Policy loss (+ value_coef x value loss of the ValueHead when `head_params`); the
         policy reads {**frozen, **params} when part of it is frozen (LoRA's base)."""
-        params = params if frozen is None else {**frozen, **params}
+        params = steps.model_variables(params, frozen)
         forward = policy_forward(
             policy_model,
             params,
@@ -495,9 +495,8 @@ def make_iteration(
 
     def step(state: PPOState, batch: Batch, rng: jax.Array):
         rollout_rng, update_rng = jax.random.split(rng)
-        policy = state.policy.params
         params = RolloutParams(
-            policy=policy if policy_frozen is None else {**policy_frozen, **policy},
+            policy=steps.model_variables(state.policy.params, policy_frozen),
             reference=reference_params,
             value=state.value.params,
             reward=reward_params,

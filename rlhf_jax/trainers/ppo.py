@@ -24,6 +24,7 @@ the merged weights (workdir/model) and the adapters in PEFT's format (workdir/ad
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -281,14 +282,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # The policy before PPO: the SFT weights, or under LoRA the fresh (zero) adapters on them.
     initial_policy = copy(sharding.put_on_mesh(policy_params, policy_sh))
     reference, reference_sh = initial_policy, policy_sh
-    full_policy_sh = policy_sh
     if policy_frozen is not None:
         reference, reference_sh = policy_frozen, policy_frozen_sh
-        full_policy_sh = {**policy_frozen_sh, **policy_sh}
-
-    def policy_variables(params):
-        """What the policy model reads: its trained params, with the frozen base under LoRA."""
-        return params if policy_frozen is None else {**policy_frozen, **params}
+    # What the policy model reads: its trained params, with the frozen base under LoRA.
+    full_policy_sh = steps.model_variables(policy_sh, policy_frozen_sh)
+    policy_variables = functools.partial(steps.model_variables, frozen=policy_frozen)
 
     reward = copy(sharding.put_on_mesh(reward_params, reward_sh))
     # Evaluation reads no values, but the rollout needs some: the initial value variables.

@@ -65,7 +65,7 @@ def export_trained_lm(
     if frozen is None:
         export_causal_lm(workdir, model_config, params, tokenizer)
         return
-    variables = to_host({**frozen, **params})
+    variables = to_host(steps.model_variables(params, frozen))
     plain = model_config.replace(lora=None)
     export_causal_lm(workdir, plain, lora.merge(model_config, variables), tokenizer)
     if is_chief() and model_config.family in lora.PEFT_FAMILIES:
@@ -111,14 +111,12 @@ class Run:
 
     def variables(self, params: Any) -> Any:
         """What the model reads: the trained `params` with the frozen variables beside them."""
-        return params if self.frozen is None else {**self.frozen, **params}
+        return steps.model_variables(params, self.frozen)
 
     @property
     def variable_shardings(self) -> Any:
         """Shardings of `variables(params)`."""
-        if self.frozen is None:
-            return self.param_shardings
-        return {**self.frozen_shardings, **self.param_shardings}
+        return steps.model_variables(self.param_shardings, self.frozen_shardings)
 
 
 def prepare_run(

@@ -236,12 +236,18 @@ def loss_gradients(
     return grads, metrics
 
 
+def model_variables(params: Any, frozen: Any = None) -> Any:
+    """What a model reads when part of its variables is frozen: {**frozen, **params} (e.g. LoRA's
+    {"params": base} beside the trained {"lora": adapters}), or `params` alone without `frozen`."""
+    return params if frozen is None else {**frozen, **params}
+
+
 def with_frozen(forward: Forward, frozen: Any) -> Forward:
     """`forward` on {**frozen, **params}: `params` (e.g. {"lora": adapters}) are what a step
     trains, `frozen` (e.g. {"params": base}) are read but get no gradient."""
 
     def forward_with_frozen(params, batch, rng, deterministic):
-        return forward({**frozen, **params}, batch, rng, deterministic)
+        return forward(model_variables(params, frozen), batch, rng, deterministic)
 
     return forward_with_frozen
 
